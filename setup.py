@@ -1,0 +1,39 @@
+"""Packaging for trow: the package itself plus the twistd plugin dropin."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="trow",
+    version="0.1.0",
+    description="In-cluster OCI registry, pull-through cache and admission webhook on Twisted",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.11",
+    # twisted.plugins is a namespace-style dropin directory: it must be listed explicitly and must
+    # never get an __init__.py, or twistd loses the plugin.
+    packages=find_packages(exclude=["tests*", "bench*", "twisted*"]) + ["twisted.plugins"],
+    package_data={"trow": ["py.typed"]},
+    install_requires=[
+        "twisted[tls]>=24.7",
+        "klein>=23.12",
+        "treq>=24.9",
+        "attrs>=23.1",
+        "pyopenssl>=24",
+        "service-identity>=24",
+        "pyyaml>=6",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-twisted>=1.14",
+            "mypy>=1.10",
+            "types-PyYAML",
+        ],
+    },
+    entry_points={"console_scripts": []},
+    classifiers=[
+        "Framework :: Twisted",
+        "Programming Language :: Python :: 3",
+    ],
+)

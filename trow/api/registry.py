@@ -1,0 +1,301 @@
+"""The registry API: OCI Distribution v1.1 routes on a Klein app.
+
+Repository names contain slashes, so one catch-all route takes everything under C{/v2/} and the
+tail of the path (C{/manifests/<ref>}, C{/blobs/uploads/<id>}, ...) picks the operation, the way
+the spec's endpoint table reads. Handlers only translate HTTP to L{Registry} calls and back.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Awaitable, Callable
+from urllib.parse import quote
+
+from klein import Klein
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+
+from trow.api import health
+from trow.api.http import (
+    API_VERSION_HEADER,
+    header,
+    headers_all,
+    query,
+    query_all,
+    request_body,
+    send_bytes,
+    send_empty,
+    send_error,
+    send_json,
+    set_headers,
+    shielded,
+)
+from trow.registry.errors import RegistryError
+from trow.registry.service import CHUNK_MIN_LENGTH, BlobCreated, Page, Registry, UploadStarted
+from trow.storage.reader import FileRangeProducer
+
+_log = Logger()
+
+_ROUTES: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"^(?P<name>.+)/manifests/(?P<reference>[^/]+)$"), "manifest"),
+    (re.compile(r"^(?P<name>.+)/blobs/uploads/?$"), "uploads"),
+    (re.compile(r"^(?P<name>.+)/blobs/uploads/(?P<upload_id>[^/]+)$"), "upload"),
+    (re.compile(r"^(?P<name>.+)/blobs/(?P<digest>[^/]+)$"), "blob"),
+    (re.compile(r"^(?P<name>.+)/tags/list$"), "tags"),
+    (re.compile(r"^(?P<name>.+)/referrers/(?P<digest>[^/]+)$"), "referrers"),
+]
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+ALL_METHODS = ["GET", "HEAD", "PUT", "POST", "PATCH", "DELETE", "OPTIONS"]
+
+
+def _range(value: str | None, size: int) -> tuple[int, int] | None:
+    """Parse a single-range C{Range} header into inclusive (start, end); None means whole body."""
+    if not value:
+        return None
+    match = _RANGE.match(value.strip().replace(" ", ""))
+    if not match or (not match.group(1) and not match.group(2)):
+        # Multiple ranges or another unit: RFC 9110 lets a server ignore Range and send it all.
+        return None
+    first, last = match.group(1), match.group(2)
+    unsatisfiable = RegistryError(
+        "SIZE_INVALID",
+        f"requested range {value} is not satisfiable: the blob is {size} bytes",
+        {"size": size},
+        status=416,
+        headers={"Content-Range": f"bytes */{size}"},
+    )
+    if first:
+        start = int(first)
+        end = min(int(last), size - 1) if last else size - 1
+        if last and int(last) < start:
+            raise unsatisfiable
+    else:
+        suffix = int(last)
+        if suffix == 0:
+            start, end = size, size - 1
+        else:
+            start, end = max(size - suffix, 0), size - 1
+    if start >= size:
+        raise unsatisfiable
+    return start, end
+
+
+class RegistryAPI:
+    """Klein app for C{/v2/}: routes requests to a L{Registry}."""
+
+    app = Klein()
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    def resource(self) -> Any:
+        """The twisted.web resource to serve."""
+        return self.app.resource()
+
+    # -- routing ----------------------------------------------------------------------------
+
+    @app.route("/v2", methods=ALL_METHODS)
+    @app.route("/v2/", methods=ALL_METHODS)
+    def base(self, request: IRequest) -> Any:
+        return self._handle(request, self._base)
+
+    @app.route("/v2/<path:rest>", methods=ALL_METHODS)
+    def dispatch(self, request: IRequest, rest: str) -> Any:
+        if rest == "_catalog":
+            return self._handle(request, self._catalog)
+        for pattern, kind in _ROUTES:
+            match = pattern.match(rest)
+            if match:
+                method = request.method.decode("ascii", "replace").upper()
+                handler = getattr(self, f"_{kind}_{method.lower()}", None)
+                if handler is None and method == "HEAD":
+                    handler = getattr(self, f"_{kind}_get", None)
+                if handler is None:
+                    return self._handle(request, self._unsupported(method, kind))
+                return self._handle(request, handler, **match.groupdict())
+        return self._handle(request, self._unknown_path)
+
+    def _handle(self, request: IRequest, handler: Callable[..., Awaitable[Any]], **kwargs: Any) -> "Deferred[Any]":
+        request.setHeader(*API_VERSION_HEADER)
+
+        async def run() -> Any:
+            try:
+                return await handler(request, **kwargs)
+            except RegistryError as e:
+                return send_error(request, e)
+
+        return shielded(run)
+
+    @staticmethod
+    def _unsupported(method: str, kind: str) -> Callable[..., Awaitable[Any]]:
+        async def handler(request: IRequest, **_: Any) -> Any:
+            raise RegistryError("UNSUPPORTED", f"{method} is not supported on this endpoint ({kind})")
+
+        return handler
+
+    async def _unknown_path(self, request: IRequest) -> Any:
+        raise RegistryError("UNSUPPORTED", "no such endpoint in the OCI distribution API", status=404)
+
+    async def _base(self, request: IRequest) -> Any:
+        return send_json(request, 200, {})
+
+    @app.route("/healthz", methods=["GET", "HEAD"])
+    def healthz(self, request: IRequest) -> Any:
+        return health.healthz(request)
+
+    @app.route("/readiness", methods=["GET", "HEAD"])
+    def readiness(self, request: IRequest) -> Any:
+        return health.readiness(request, self.registry.blobs)
+
+    # -- manifests --------------------------------------------------------------------------
+
+    async def _manifest_get(self, request: IRequest, name: str, reference: str) -> Any:
+        manifest = await self.registry.get_manifest(name, reference, headers_all(request, "Accept"))
+        return send_bytes(
+            request,
+            200,
+            manifest.content,
+            manifest.record.media_type,
+            {"Docker-Content-Digest": manifest.record.digest, "ETag": f'"{manifest.record.digest}"'},
+        )
+
+    async def _manifest_put(self, request: IRequest, name: str, reference: str) -> Any:
+        body = await request_body(request)
+        stored = await self.registry.put_manifest(
+            name, reference, header(request, "Content-Type"), body, query_all(request, "tag")
+        )
+        headers: dict[str, str | int] = {
+            "Location": f"/v2/{name}/manifests/{stored.digest}",
+            "Docker-Content-Digest": str(stored.digest),
+        }
+        if stored.subject is not None:
+            headers["OCI-Subject"] = str(stored.subject)
+        if query_all(request, "tag"):
+            # One header line per tag, as the spec's tag parameter asks.
+            request.responseHeaders.setRawHeaders(b"OCI-Tag", [t.encode() for t in stored.tags])
+        return send_empty(request, 201, headers)
+
+    async def _manifest_delete(self, request: IRequest, name: str, reference: str) -> Any:
+        await self.registry.delete_manifest(name, reference)
+        return send_empty(request, 202)
+
+    # -- blobs ------------------------------------------------------------------------------
+
+    async def _blob_get(self, request: IRequest, name: str, digest: str) -> Any:
+        blob_digest, size = await self.registry.stat_blob(name, digest)
+        wanted = _range(header(request, "Range"), size)
+        headers: dict[str, str | int] = {
+            "Docker-Content-Digest": str(blob_digest),
+            "Content-Type": "application/octet-stream",
+            "Accept-Ranges": "bytes",
+            "ETag": f'"{blob_digest}"',
+        }
+        start, end = wanted if wanted is not None else (0, size - 1)
+        length = end - start + 1
+        if wanted is not None:
+            request.setResponseCode(206)
+            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        headers["Content-Length"] = length
+        set_headers(request, headers)
+        if request.method == b"HEAD" or length <= 0:
+            return b""
+        handle = self.registry.blobs.open(blob_digest)
+        if handle is None:
+            raise RegistryError("BLOB_UNKNOWN", f"blob {blob_digest} disappeared from the store")
+        await FileRangeProducer(handle, start, length).start(request)
+        return b""
+
+    async def _blob_delete(self, request: IRequest, name: str, digest: str) -> Any:
+        await self.registry.delete_blob(name, digest)
+        return send_empty(request, 202)
+
+    # -- uploads ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _upload_headers(name: str, upload_id: str, offset: int) -> dict[str, str | int]:
+        return {
+            "Location": f"/v2/{name}/blobs/uploads/{upload_id}",
+            "Range": f"0-{max(offset - 1, 0)}",
+            "Docker-Upload-UUID": upload_id,
+        }
+
+    @staticmethod
+    def _created(request: IRequest, name: str, created: BlobCreated) -> Any:
+        return send_empty(
+            request,
+            201,
+            {"Location": f"/v2/{name}/blobs/{created.digest}", "Docker-Content-Digest": str(created.digest)},
+        )
+
+    async def _uploads_post(self, request: IRequest, name: str) -> Any:
+        digest = query(request, "digest")
+        mount = query(request, "mount")
+        if mount is None and digest is not None:
+            body = await request_body(request)
+            return self._created(request, name, await self.registry.put_blob(name, digest, body))
+        result = await self.registry.start_upload(name, mount, query(request, "from"))
+        if isinstance(result, BlobCreated):
+            return self._created(request, name, result)
+        assert isinstance(result, UploadStarted)
+        headers = self._upload_headers(name, result.upload_id, 0)
+        headers["OCI-Chunk-Min-Length"] = CHUNK_MIN_LENGTH
+        return send_empty(request, 202, headers)
+
+    async def _upload_get(self, request: IRequest, name: str, upload_id: str) -> Any:
+        offset = await self.registry.upload_status(name, upload_id)
+        return send_empty(request, 204, self._upload_headers(name, upload_id, offset))
+
+    async def _upload_patch(self, request: IRequest, name: str, upload_id: str) -> Any:
+        body = await request_body(request)
+        offset = await self.registry.append_upload(name, upload_id, body, header(request, "Content-Range"))
+        return send_empty(request, 202, self._upload_headers(name, upload_id, offset))
+
+    async def _upload_put(self, request: IRequest, name: str, upload_id: str) -> Any:
+        body = await request_body(request)
+        created = await self.registry.finish_upload(
+            name, upload_id, query(request, "digest"), body, header(request, "Content-Range")
+        )
+        return self._created(request, name, created)
+
+    async def _upload_delete(self, request: IRequest, name: str, upload_id: str) -> Any:
+        await self.registry.cancel_upload(name, upload_id)
+        return send_empty(request, 204)
+
+    # -- discovery --------------------------------------------------------------------------
+
+    @staticmethod
+    def _link(request: IRequest, path: str, page: Page, n: str | None) -> dict[str, str | int]:
+        if page.next_last is None:
+            return {}
+        return {"Link": f'<{path}?n={n}&last={quote(page.next_last, safe="")}>; rel="next"'}
+
+    async def _tags_get(self, request: IRequest, name: str) -> Any:
+        n = query(request, "n")
+        page = await self.registry.list_tags(name, n, query(request, "last"))
+        return send_json(
+            request, 200, {"name": name, "tags": page.items}, self._link(request, f"/v2/{name}/tags/list", page, n)
+        )
+
+    async def _catalog(self, request: IRequest) -> Any:
+        if request.method not in (b"GET", b"HEAD"):
+            raise RegistryError("UNSUPPORTED", "only GET is supported on /v2/_catalog")
+        n = query(request, "n")
+        page = await self.registry.catalog(n, query(request, "last"))
+        return send_json(
+            request,
+            200,
+            {"repositories": page.items},
+            self._link(request, "/v2/_catalog", page, n or str(len(page.items))),
+        )
+
+    async def _referrers_get(self, request: IRequest, name: str, digest: str) -> Any:
+        artifact_type = query(request, "artifactType")
+        body = await self.registry.referrers(name, digest, artifact_type)
+        headers: dict[str, str | int] = {}
+        if artifact_type is not None:
+            headers["OCI-Filters-Applied"] = "artifactType"
+        return send_bytes(request, 200, body, "application/vnd.oci.image.index.v1+json", headers)
+

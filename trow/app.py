@@ -1,0 +1,84 @@
+"""Wiring: build the stores, the registry and the listeners from L{trow.tap.Settings}."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import attrs
+from twisted.application import strports
+from twisted.application.service import MultiService, Service
+from twisted.logger import Logger
+
+from trow.api.registry import RegistryAPI
+from trow.api.site import TrowSite
+from trow.registry.service import Registry
+from trow.storage.blobs import BlobStore
+from trow.storage.metadata import Metadata
+from trow.storage.uploads import UploadFiles
+from trow.workers import ThreadWorker, Worker
+
+_log = Logger()
+
+
+@attrs.define
+class Stores:
+    """The storage layer of one data dir."""
+
+    blobs: BlobStore
+    uploads: UploadFiles
+    metadata: Metadata
+
+
+def open_stores(data_dir: str, disk: Worker, db: Worker) -> Stores:
+    """Open (creating if needed) the stores of C{data_dir}."""
+    os.makedirs(data_dir, exist_ok=True)
+    blobs = BlobStore(data_dir, disk)
+    return Stores(
+        blobs=blobs,
+        uploads=UploadFiles(data_dir, blobs, disk),
+        metadata=Metadata(os.path.join(data_dir, "trow.db"), db),
+    )
+
+
+def recover(stores: Stores) -> dict[str, int]:
+    """Clean what a crash left behind. Runs once at start-up, before any listener exists."""
+    tmp = stores.blobs.clean_tmp()
+    known = stores.metadata.upload_ids_sync()
+    orphans = stores.uploads.remove_orphans(known)
+    return {"tmp": tmp, "orphan_uploads": orphans}
+
+
+class _CloseMetadata(Service):
+    """Closes the sqlite connection after everything else has stopped."""
+
+    def __init__(self, metadata: Metadata) -> None:
+        self._metadata = metadata
+
+    def stopService(self) -> None:
+        super().stopService()
+        self._metadata.close()
+
+
+def build_service(settings: Any, reactor: Any) -> MultiService:
+    """The whole trow process as one service tree."""
+    root = MultiService()
+    disk = ThreadWorker(reactor, "trow-disk", max_threads=4)
+    db = ThreadWorker(reactor, "trow-db", max_threads=1)
+    stores = open_stores(settings.data_dir, disk, db)
+    # Stopped last (services stop in reverse order): the db closes after the pools drained.
+    _CloseMetadata(stores.metadata).setServiceParent(root)
+    disk.setServiceParent(root)
+    db.setServiceParent(root)
+    cleaned = recover(stores)
+    _log.info(
+        "data dir {data_dir}: removed {tmp} temp files and {orphans} orphaned uploads left by an earlier run",
+        data_dir=os.path.abspath(settings.data_dir),
+        tmp=cleaned["tmp"],
+        orphans=cleaned["orphan_uploads"],
+    )
+    registry = Registry(stores.blobs, stores.uploads, stores.metadata, settings.config.limits.max_manifest_size)
+    site = TrowSite(RegistryAPI(registry).resource(), spool_store=stores.blobs)
+    for description in settings.listen:
+        strports.service(description, site, reactor=reactor).setServiceParent(root)
+    return root

@@ -1,0 +1,1 @@
+"""Pull-through cache of upstream registries (see docs/proxy.md)."""

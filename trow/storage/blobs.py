@@ -1,0 +1,388 @@
+"""Content-addressed blob files, temp files and the hashing writer.
+
+On-disk layout of the data dir (built here and in L{trow.storage.metadata}):
+
+    <data-dir>/
+      trow.db                      sqlite metadata: tags, manifests, repository links, uploads
+      blobs/<alg>/<hh>/<hex>       verified content, named by its digest (layers, configs, manifests)
+      uploads/<uuid>               the bytes of an upload session so far (file size == offset)
+      tmp/                         request bodies being received and files being written;
+                                   anything here is garbage after a restart and is removed
+
+Every file reaches C{blobs/} by C{rename} from C{tmp/} or C{uploads/} after it was fsynced and its
+digest checked, so a blob path either does not exist or holds exactly the bytes of its digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from typing import IO, Any, Iterable
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from trow.registry.names import Digest
+from trow.workers import Worker
+
+_CHUNK = 1 << 20
+
+
+def fsync_dir(path: str) -> None:
+    """fsync a directory, so that a rename inside it survives a crash."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def hash_file(path: str, algorithm: str, limit: int | None = None) -> str:
+    """Hash a whole file (or its first C{limit} bytes). Blocking: call through a worker."""
+    hasher = hashlib.new(algorithm)
+    remaining = limit
+    with open(path, "rb") as handle:
+        while remaining is None or remaining > 0:
+            chunk = handle.read(_CHUNK if remaining is None else min(_CHUNK, remaining))
+            if not chunk:
+                break
+            hasher.update(chunk)
+            if remaining is not None:
+                remaining -= len(chunk)
+    return hasher.hexdigest()
+
+
+class HashingWriter:
+    """Appends chunks to an open file and hashes them, on a worker, in order, with backpressure.
+
+    The reactor thread only queues chunks; one batch at a time is written and hashed on the
+    worker (hashlib releases the GIL on large buffers), so hashing runs beside the data path.
+    When more than C{high_water} bytes wait, the registered producer is paused until the queue
+    falls under C{low_water}: memory stays flat however fast the sender is.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        worker: Worker,
+        handle: IO[bytes],
+        hashers: Iterable[Any] = (),
+        high_water: int = 8 << 20,
+        low_water: int = 2 << 20,
+    ) -> None:
+        self._worker = worker
+        self._handle = handle
+        self.hashers = list(hashers)
+        self._high = high_water
+        self._low = low_water
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._busy = False
+        self._failure: Failure | None = None
+        self._waiters: list[Deferred[None]] = []
+        self._producer: IPushProducer | None = None
+        self._paused = False
+        self.size = 0
+
+    def set_producer(self, producer: IPushProducer | None) -> None:
+        """Pause and resume C{producer} to keep the queue bounded."""
+        self._producer = producer
+
+    def write(self, data: bytes) -> None:
+        """Queue C{data} to be written and hashed."""
+        if not data or self._failure is not None:
+            return
+        self._pending.append(data)
+        self._pending_bytes += len(data)
+        self.size += len(data)
+        if self._pending_bytes > self._high and self._producer is not None and not self._paused:
+            self._paused = True
+            self._producer.pauseProducing()
+        self._kick()
+
+    def _kick(self) -> None:
+        if self._busy or not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        self._busy = True
+        self._worker.run(self._write_batch, batch).addCallbacks(
+            self._batch_done, self._batch_failed, callbackArgs=(sum(map(len, batch)),)
+        )
+
+    def _write_batch(self, batch: list[bytes]) -> None:
+        for chunk in batch:
+            self._handle.write(chunk)
+            for hasher in self.hashers:
+                hasher.update(chunk)
+
+    def _batch_done(self, _: object, nbytes: int) -> None:
+        self._busy = False
+        self._pending_bytes -= nbytes
+        if self._paused and self._pending_bytes <= self._low:
+            self._paused = False
+            if self._producer is not None:
+                self._producer.resumeProducing()
+        self._kick()
+        self._maybe_drained()
+
+    def _batch_failed(self, failure: Failure) -> None:
+        self._busy = False
+        self._failure = failure
+        self._pending = []
+        self._pending_bytes = 0
+        if self._paused and self._producer is not None:
+            self._paused = False
+            self._producer.resumeProducing()
+        self._maybe_drained()
+
+    def _maybe_drained(self) -> None:
+        if self._busy or self._pending:
+            return
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if self._failure is not None:
+                waiter.errback(self._failure)
+            else:
+                waiter.callback(None)
+
+    def drain(self) -> "Deferred[None]":
+        """Fire when everything queued so far is written and hashed (or with the write error)."""
+        waiter: Deferred[None] = Deferred()
+        self._waiters.append(waiter)
+        self._maybe_drained()
+        return waiter
+
+
+class Spool:
+    """A request body being received into C{tmp/}, hashed with sha256 as it arrives.
+
+    It has the small file API that C{twisted.web} expects of C{request.content}. The handler
+    calls L{claim}, which waits for the writes and hands over the file; a spool never claimed (the
+    client went away, or the request failed early) deletes its file when twisted.web closes it.
+    """
+
+    def __init__(self, worker: Worker, path: str, producer: IPushProducer | None) -> None:
+        self.path = path
+        self._handle: IO[bytes] | None = open(path, "wb")
+        self._writer = HashingWriter(worker, self._handle, [hashlib.sha256()])
+        self._writer.set_producer(producer)
+        self._worker = worker
+        self._claimed = False
+
+    # The file API twisted.web uses on request.content.
+    def write(self, data: bytes) -> None:
+        self._writer.write(data)
+
+    def tell(self) -> int:
+        return self._writer.size
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        # twisted.web rewinds the body before processing; trow reads spools only through claim().
+        return 0
+
+    def read(self, size: int = -1) -> bytes:
+        # twisted.web parses form bodies through read(); a registry has none, and reading a
+        # spooled upload into memory is exactly what must not happen.
+        return b""
+
+    def close(self) -> None:
+        if self._claimed:
+            return
+        self._claimed = True
+        handle, self._handle = self._handle, None
+        self._writer.set_producer(None)
+
+        def discard(_: object) -> None:
+            if handle is not None:
+                handle.close()
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+        self._writer.drain().addBoth(discard)
+
+    @property
+    def size(self) -> int:
+        """Bytes received so far."""
+        return self._writer.size
+
+    def claim(self) -> "Deferred[SpooledBody]":
+        """Wait for every byte to reach the file, then take ownership of it."""
+        if self._claimed:
+            raise RuntimeError("spool already claimed or closed")
+        self._claimed = True
+        self._writer.set_producer(None)
+
+        def done(_: object) -> SpooledBody:
+            assert self._handle is not None
+            self._handle.close()
+            self._handle = None
+            return SpooledBody(self.path, self._writer.size, self._writer.hashers[0])
+
+        def failed(failure: Failure) -> Failure:
+            if self._handle is not None:
+                self._handle.close()
+            discard_file(self.path)
+            return failure
+
+        return self._writer.drain().addCallbacks(done, failed)
+
+
+class SpooledBody:
+    """A complete request body in a file of C{tmp/}, with its sha256 computed on arrival.
+
+    Whoever holds it must either move the file (L{BlobStore.commit}) or call L{discard}.
+    """
+
+    def __init__(self, path: str, size: int, sha256: Any) -> None:
+        self.path = path
+        self.size = size
+        self.sha256 = sha256
+
+    def discard(self) -> None:
+        """Delete the file (blocking unlink of one file: cheap)."""
+        discard_file(self.path)
+
+
+def discard_file(path: str) -> None:
+    """Remove C{path} if it exists."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class BlobStore:
+    """Verified blobs stored by digest under C{blobs/}, plus the C{tmp/} area for writes."""
+
+    def __init__(self, root: str, worker: Worker) -> None:
+        self.root = root
+        self.worker = worker
+        self.blob_root = os.path.join(root, "blobs")
+        self.tmp_root = os.path.join(root, "tmp")
+        for path in (self.blob_root, self.tmp_root):
+            os.makedirs(path, exist_ok=True)
+
+    def clean_tmp(self) -> int:
+        """Remove every leftover in C{tmp/} (start-up only: nothing is in flight). Returns a count."""
+        removed = 0
+        for name in os.listdir(self.tmp_root):
+            path = os.path.join(self.tmp_root, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                discard_file(path)
+            removed += 1
+        return removed
+
+    def path(self, digest: Digest) -> str:
+        """Where the blob with C{digest} lives (it may not exist)."""
+        return os.path.join(self.blob_root, digest.algorithm, digest.hex[:2], digest.hex)
+
+    def temp_path(self, prefix: str = "tmp") -> str:
+        """A fresh file name in C{tmp/}."""
+        return os.path.join(self.tmp_root, f"{prefix}-{uuid.uuid4().hex}")
+
+    def size(self, digest: Digest) -> int | None:
+        """The size of a stored blob, or None if it is not stored."""
+        try:
+            return os.stat(self.path(digest)).st_size
+        except FileNotFoundError:
+            return None
+
+    def open(self, digest: Digest) -> IO[bytes] | None:
+        """Open a stored blob for reading, or None if it is not stored."""
+        try:
+            return open(self.path(digest), "rb")
+        except FileNotFoundError:
+            return None
+
+    def spool(self, producer: IPushProducer | None) -> Spool:
+        """Start receiving a request body into C{tmp/}."""
+        return Spool(self.worker, self.temp_path("body"), producer)
+
+    def _commit_sync(self, source: str, digest: Digest) -> None:
+        target = self.path(digest)
+        parent = os.path.dirname(target)
+        if os.path.exists(target):
+            # Content-addressed: the same digest is the same bytes, already durable.
+            discard_file(source)
+            return
+        os.makedirs(parent, exist_ok=True)
+        fd = os.open(source, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(source, target)
+        fsync_dir(parent)
+
+    def commit(self, source: str, digest: Digest) -> "Deferred[None]":
+        """fsync C{source} and rename it into place as C{digest}. The caller checked the digest."""
+        return self.worker.run(self._commit_sync, source, digest)
+
+    def _put_bytes_sync(self, data: bytes, digest: Digest) -> None:
+        if os.path.exists(self.path(digest)):
+            return
+        temp = self.temp_path("put")
+        with open(temp, "wb") as handle:
+            handle.write(data)
+        self._commit_sync(temp, digest)
+
+    def put_bytes(self, data: bytes, digest: Digest) -> "Deferred[None]":
+        """Store small verified content (a manifest) durably under C{digest}."""
+        if self.size(digest) is not None:
+            return succeed(None)
+        return self.worker.run(self._put_bytes_sync, data, digest)
+
+    def read_bytes(self, digest: Digest) -> "Deferred[bytes | None]":
+        """Read a small stored blob (a manifest) whole."""
+
+        def read() -> bytes | None:
+            try:
+                with open(self.path(digest), "rb") as handle:
+                    return handle.read()
+            except FileNotFoundError:
+                return None
+
+        return self.worker.run(read)
+
+    def take_spooled(self, body: SpooledBody) -> "Deferred[bytes]":
+        """Read a small spooled body whole and delete its file."""
+
+        def take() -> bytes:
+            try:
+                with open(body.path, "rb") as handle:
+                    return handle.read()
+            finally:
+                body.discard()
+
+        return self.worker.run(take)
+
+    def _check_writable_sync(self) -> None:
+        path = self.temp_path("ready")
+        try:
+            with open(path, "wb") as handle:
+                handle.write(b"ok")
+                handle.flush()
+                os.fsync(handle.fileno())
+        finally:
+            discard_file(path)
+
+    def check_writable(self) -> "Deferred[None]":
+        """Write, fsync and remove a probe file in C{tmp/}; fails with OSError if the disk refuses."""
+        return self.worker.run(self._check_writable_sync)
+
+    def hash_file(self, path: str, algorithm: str) -> "Deferred[str]":
+        """Hash a whole file on the worker."""
+        return self.worker.run(hash_file, path, algorithm)
+
+    def delete(self, digest: Digest) -> "Deferred[None]":
+        """Remove a stored blob (garbage collection)."""
+        return self.worker.run(discard_file, self.path(digest))

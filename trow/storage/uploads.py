@@ -1,0 +1,132 @@
+"""Upload session files: C{uploads/<uuid>}, whose size is the session's offset.
+
+A session's bytes are hashed as they are appended, with the hasher kept in memory beside its
+offset. After a restart (or if the offsets ever disagree) the file is simply hashed again on the
+worker at the end, so resuming an upload after a crash costs time, never correctness.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+from trow.storage.blobs import BlobStore, SpooledBody, discard_file
+from trow.workers import Worker
+
+_CHUNK = 1 << 20
+
+
+class UploadFiles:
+    """The files of upload sessions, and the running sha256 of each."""
+
+    def __init__(self, root: str, blobs: BlobStore, worker: Worker) -> None:
+        self.root = os.path.join(root, "uploads")
+        os.makedirs(self.root, exist_ok=True)
+        self._blobs = blobs
+        self._worker = worker
+        # uuid -> (offset the hasher has seen, hasher)
+        self._hashers: dict[str, tuple[int, Any]] = {}
+
+    def path(self, upload_id: str) -> str:
+        """The data file of a session."""
+        return os.path.join(self.root, upload_id)
+
+    def create(self, upload_id: str) -> "Deferred[None]":
+        """Create the empty data file of a new session."""
+        self._hashers[upload_id] = (0, hashlib.sha256())
+        return self._worker.run(lambda: open(self.path(upload_id), "wb").close())
+
+    def size(self, upload_id: str) -> int | None:
+        """The session's offset: how many bytes it holds, or None if it has no file."""
+        try:
+            return os.stat(self.path(upload_id)).st_size
+        except FileNotFoundError:
+            return None
+
+    def append(self, upload_id: str, body: SpooledBody | bytes) -> "Deferred[int]":
+        """Append a chunk and return the new offset. The chunk's file (if any) is consumed."""
+        offset = self.size(upload_id) or 0
+        state = self._hashers.get(upload_id)
+        if state is not None and state[0] != offset:
+            state = None
+        if isinstance(body, SpooledBody) and offset == 0:
+            # The common monolithic PATCH: the spool already is the data, and its hash is ours.
+            self._hashers[upload_id] = (body.size, body.sha256)
+            return self._worker.run(self._replace, body.path, self.path(upload_id)).addCallback(lambda _: body.size)
+        hasher = state[1] if state is not None else None
+        return self._worker.run(self._append_sync, upload_id, body, hasher).addCallback(
+            self._appended, upload_id, hasher
+        )
+
+    def _appended(self, new_offset: int, upload_id: str, hasher: Any) -> int:
+        if hasher is not None:
+            self._hashers[upload_id] = (new_offset, hasher)
+        else:
+            self._hashers.pop(upload_id, None)
+        return new_offset
+
+    @staticmethod
+    def _replace(source: str, target: str) -> None:
+        os.replace(source, target)
+
+    def _append_sync(self, upload_id: str, body: SpooledBody | bytes, hasher: Any) -> int:
+        path = self.path(upload_id)
+        with open(path, "ab") as out:
+            start = out.tell()
+            try:
+                if isinstance(body, bytes):
+                    out.write(body)
+                    if hasher is not None:
+                        hasher.update(body)
+                else:
+                    with open(body.path, "rb") as source:
+                        while chunk := source.read(_CHUNK):
+                            out.write(chunk)
+                            if hasher is not None:
+                                hasher.update(chunk)
+            except BaseException:
+                # Never leave half a chunk behind: the offset must stay where the client saw it.
+                out.truncate(start)
+                raise
+            finally:
+                if isinstance(body, SpooledBody):
+                    body.discard()
+            return out.tell()
+
+    def digest_hex(self, upload_id: str, algorithm: str) -> "Deferred[str]":
+        """The hex digest of everything the session holds, from memory when possible."""
+        offset = self.size(upload_id)
+        state = self._hashers.get(upload_id)
+        if algorithm == "sha256" and state is not None and state[0] == offset:
+            return self._worker.run(lambda: state[1].copy().hexdigest())
+        return self._blobs.hash_file(self.path(upload_id), algorithm)
+
+    def forget(self, upload_id: str) -> None:
+        """Drop the in-memory state of a session (its file is gone or committed)."""
+        self._hashers.pop(upload_id, None)
+
+    def delete(self, upload_id: str) -> "Deferred[None]":
+        """Remove a session's file."""
+        self.forget(upload_id)
+        return self._worker.run(discard_file, self.path(upload_id))
+
+    def existing_ids(self) -> list[str]:
+        """Session files on disk (start-up cleaning)."""
+        return os.listdir(self.root)
+
+    def remove_orphans(self, known: set[str]) -> int:
+        """Delete files of sessions the metadata does not know (a crash between the two). Blocking."""
+        removed = 0
+        for name in os.listdir(self.root):
+            if name not in known:
+                path = os.path.join(self.root, name)
+                if os.path.isdir(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    discard_file(path)
+                removed += 1
+        return removed

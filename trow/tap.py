@@ -1,0 +1,178 @@
+"""Command line of ``twistd trow`` / ``twist trow``: options, validation, and the service tree.
+
+Everything an operator can get wrong is checked in L{Options.postOptions}, before any port is
+bound: a bad option or config file prints one line naming the problem and exits 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, NoReturn
+
+import attrs
+from twisted.application.service import IService
+from twisted.python import usage
+
+from trow.config import Config, ConfigError, config_summary, load_config
+
+
+@attrs.frozen
+class Settings:
+    """Everything the command line decided: what L{trow.app.build_service} is built from."""
+
+    listen: tuple[str, ...]
+    data_dir: str
+    config: Config
+    config_path: str | None = None
+    hostname: str | None = None
+    webhook_listen: tuple[str, ...] = ()
+    metrics_listen: str | None = None
+    user: str | None = None
+    password: str | None = attrs.field(default=None, repr=False)
+    htpasswd: str | None = None
+
+
+def fail(message: str) -> NoReturn:
+    """Print one clear line and exit 1: the contract for bad options and config files."""
+    sys.stderr.write(f"trow: error: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(1)
+
+
+def _check_endpoint(description: str, option: str) -> None:
+    from twisted.internet import endpoints, reactor
+
+    try:
+        endpoints.serverFromString(reactor, description)
+    except Exception as e:  # parse errors are ValueError; ssl: key/cert problems are OSError & co
+        detail = str(e) or type(e).__name__
+        fail(f"{option} {description!r} is not a usable Twisted endpoint description: {detail}")
+
+
+def _check_data_dir(path: str) -> None:
+    target = os.path.abspath(path)
+    if os.path.exists(target):
+        if not os.path.isdir(target):
+            fail(f"--data-dir {path!r} exists and is not a directory")
+        if not os.access(target, os.W_OK | os.X_OK):
+            fail(f"--data-dir {path!r} is not writable")
+        return
+    parent = os.path.dirname(target)
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        fail(f"--data-dir {path!r} does not exist and cannot be created under {parent!r}")
+
+
+def _read_password(value: str) -> str:
+    if not value.startswith("file://"):
+        return value
+    path = value[len("file://") :]
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read().rstrip("\r\n")
+    except OSError as e:
+        fail(f"--password {value!r}: cannot read the file: {e.strerror}")
+
+
+class Options(usage.Options):
+    """Options of the trow plugin (reference.md section 2)."""
+
+    synopsis = "[options]"
+    longdesc = "trow: OCI registry, pull-through cache and Kubernetes admission webhook."
+
+    optParameters = [
+        ["data-dir", None, "./data", "Directory that holds all state: blobs, metadata, uploads."],
+        ["config", None, None, "YAML config file (Trow v0.10 keys accepted)."],
+        ["hostname", None, None, "Public name of this registry (auth realms, rewritten images)."],
+        ["metrics-listen", None, None, "Endpoint description for a separate /metrics listener."],
+        ["user", None, None, "Single user name (Trow-compatible)."],
+        ["password", None, None, "Password of --user; may be file:///path."],
+        ["htpasswd", None, None, "bcrypt htpasswd file with many users."],
+    ]
+    optFlags = [
+        ["dry-run", None, "Validate options and config, print the effective settings, exit."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self["webhook-listen"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """Endpoint description for the registry API, e.g. tcp:8000 or ssl:8443:privateKey=...
+        (repeatable; default tcp:8000)."""
+        self["listen"].append(description)
+
+    def opt_webhook_listen(self, description: str) -> None:
+        """Endpoint for the admission webhook, normally ssl:8443:privateKey=tls.key:certKey=tls.crt
+        (repeatable)."""
+        self["webhook-listen"].append(description)
+
+    def opt_config_file(self, path: str) -> None:
+        """Alias of --config."""
+        self["config"] = path
+
+    def parseOptions(self, options: Any = None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            fail(f"{e} (see 'twistd trow --help')")
+
+    def postOptions(self) -> None:
+        listen = tuple(self["listen"]) or ("tcp:8000",)
+        for description in listen:
+            _check_endpoint(description, "--listen")
+        for description in self["webhook-listen"]:
+            _check_endpoint(description, "--webhook-listen")
+        if self["metrics-listen"]:
+            _check_endpoint(self["metrics-listen"], "--metrics-listen")
+        _check_data_dir(self["data-dir"])
+        config = Config()
+        if self["config"]:
+            try:
+                config = load_config(self["config"])
+            except ConfigError as e:
+                fail(f"bad config: {e}")
+        if bool(self["user"]) != bool(self["password"]):
+            fail("--user and --password go together")
+        if self["htpasswd"] and not os.path.isfile(self["htpasswd"]):
+            fail(f"--htpasswd {self['htpasswd']!r} is not a readable file")
+        self.settings = Settings(
+            listen=listen,
+            data_dir=self["data-dir"],
+            config=config,
+            config_path=self["config"],
+            hostname=self["hostname"],
+            webhook_listen=tuple(self["webhook-listen"]),
+            metrics_listen=self["metrics-listen"],
+            user=self["user"],
+            password=_read_password(self["password"]) if self["password"] else None,
+            htpasswd=self["htpasswd"],
+        )
+        if self["dry-run"]:
+            summary = {
+                "listen": list(listen),
+                "data_dir": os.path.abspath(self["data-dir"]),
+                "config_file": self["config"],
+                "hostname": self["hostname"],
+                "webhook_listen": list(self["webhook-listen"]),
+                "metrics_listen": self["metrics-listen"],
+                "user": self["user"],
+                "htpasswd": self["htpasswd"],
+                "config": config_summary(config),
+            }
+            sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+            sys.stdout.flush()
+            raise SystemExit(0)
+
+
+def makeService(options: Options) -> IService:
+    """Build trow's service tree from parsed options."""
+    from twisted.internet import reactor
+
+    from trow.app import build_service
+
+    return build_service(options.settings, reactor)

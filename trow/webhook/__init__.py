@@ -1,0 +1,1 @@
+"""Kubernetes admission webhook: image reference normalisation, validation and mutation."""

@@ -28,6 +28,7 @@ setup(
             "pytest>=8",
             "pytest-twisted>=1.14",
             "mypy>=1.10",
+            "mypy-zope>=1.0",
             "types-PyYAML",
         ],
     },

@@ -133,6 +133,7 @@ class AuthConfig:
     token_ttl: float = 3600.0
     rules: tuple[AuthRule, ...] | None = None
     token_key: str | None = attrs.field(default=None, repr=False)
+    configured: bool = False
 
 
 @attrs.frozen
@@ -149,7 +150,6 @@ class LimitsConfig:
     """The ``limits`` section: request size limits with safe defaults."""
 
     max_manifest_size: int = 4 * 2**20
-    max_concurrent_uploads: int = 256
 
 
 @attrs.frozen
@@ -303,6 +303,7 @@ def _auth(value: object, path: str) -> AuthConfig:
         token_ttl=parse_duration(section.get("token_ttl", "1h"), f"{path}.token_ttl"),
         rules=None if rules is None else _list_of(rules, f"{path}.rules", _rule),
         token_key=_opt_str(section.get("token_key"), f"{path}.token_key"),
+        configured=True,
     )
 
 
@@ -318,15 +319,12 @@ def _gc(value: object, path: str) -> GCConfig:
 
 def _limits(value: object, path: str) -> LimitsConfig:
     section = _mapping(value, path)
-    _check_keys(section, path, ["max_manifest_size", "max_concurrent_uploads"])
+    _check_keys(section, path, ["max_manifest_size"])
     defaults = LimitsConfig()
     manifest = parse_size(section.get("max_manifest_size", defaults.max_manifest_size), f"{path}.max_manifest_size")
     if manifest < 1024:
         raise ConfigError(f"{path}.max_manifest_size", "must be at least 1KiB")
-    uploads = section.get("max_concurrent_uploads", defaults.max_concurrent_uploads)
-    if isinstance(uploads, bool) or not isinstance(uploads, int) or uploads < 1:
-        raise ConfigError(f"{path}.max_concurrent_uploads", f"expected a positive whole number, got {uploads!r}")
-    return LimitsConfig(max_manifest_size=manifest, max_concurrent_uploads=uploads)
+    return LimitsConfig(max_manifest_size=manifest)
 
 
 _SECTIONS: dict[str, Callable[[object, str], object]] = {
@@ -374,4 +372,4 @@ def config_summary(config: Config) -> dict[str, Any]:
             return [scrub(v) for v in value]
         return value
 
-    return scrub(attrs.asdict(config, retain_collection_types=False))  # type: ignore[no-any-return]
+    return scrub(attrs.asdict(config, retain_collection_types=False))

@@ -77,6 +77,23 @@ def _read_password(value: str) -> str:
         fail(f"--password {value!r}: cannot read the file: {e.strerror}")
 
 
+def _refuse_unbuilt(options: "Options", config: Config) -> None:
+    """Refuse settings whose feature this version does not have yet.
+
+    Silently ignoring them would be worse: an operator who asked for authentication must not get
+    an open registry, and one who asked for a webhook must not get a cluster without one.
+    """
+    if options["user"] or options["htpasswd"] or config.auth.configured:
+        fail(
+            "authentication (--user/--password, --htpasswd, the auth: section) is not available in this "
+            "version of trow; refusing to start an open registry you meant to protect"
+        )
+    if options["webhook-listen"]:
+        fail("--webhook-listen: the admission webhook is not available in this version of trow")
+    if options["metrics-listen"]:
+        fail("--metrics-listen: metrics are not available in this version of trow")
+
+
 class Options(usage.Options):
     """Options of the trow plugin (reference.md section 2)."""
 
@@ -140,6 +157,7 @@ class Options(usage.Options):
             fail("--user and --password go together")
         if self["htpasswd"] and not os.path.isfile(self["htpasswd"]):
             fail(f"--htpasswd {self['htpasswd']!r} is not a readable file")
+        _refuse_unbuilt(self, config)
         self.settings = Settings(
             listen=listen,
             data_dir=self["data-dir"],

@@ -38,7 +38,7 @@ class ThreadWorker(Service):
         if not self._pool.started:
             # Work queued before start-up (or in scripts that never start services).
             self._pool.start()
-        return deferToThreadPool(self._reactor, self._pool, f, *args, **kwargs)  # type: ignore[arg-type]
+        return deferToThreadPool(self._reactor, self._pool, f, *args, **kwargs)
 
     def startService(self) -> None:
         super().startService()

@@ -96,7 +96,7 @@ def shielded(work: Callable[[], Awaitable[T]]) -> "Deferred[T]":
     or fail as a whole (its file moves, its metadata commits), so the returned Deferred gives up
     at once but the work itself runs on; its own failures are logged.
     """
-    inner = ensureDeferred(work())  # type: ignore[arg-type]
+    inner: Deferred[T] = ensureDeferred(work())  # type: ignore[arg-type]
     outer: Deferred[T] = Deferred(lambda _: None)
 
     def forward(result: Any) -> None:

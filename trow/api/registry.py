@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 from klein import Klein
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IConsumer
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
@@ -205,7 +206,7 @@ class RegistryAPI:
         handle = self.registry.blobs.open(blob_digest)
         if handle is None:
             raise RegistryError("BLOB_UNKNOWN", f"blob {blob_digest} disappeared from the store")
-        await FileRangeProducer(handle, start, length).start(request)
+        await FileRangeProducer(handle, start, length).start(IConsumer(request))
         return b""
 
     async def _blob_delete(self, request: IRequest, name: str, digest: str) -> Any:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.interfaces import IPushProducer
 from twisted.web import http, server
 from twisted.web.resource import IResource
 
@@ -28,12 +29,12 @@ class TrowRequest(server.Request):
     """A request whose large bodies go to a L{trow.storage.blobs.Spool}."""
 
     def gotLength(self, length: int | None) -> None:
-        site = self.channel.site
-        store: BlobStore | None = getattr(site, "spool_store", None)
+        store: BlobStore | None = getattr(getattr(self.channel, "site", None), "spool_store", None)
         if store is None or (length is not None and length < SPOOL_THRESHOLD):
             super().gotLength(length)
             return
-        self.content = store.spool(self.channel.transport)
+        # The transport is what to pause when the disk or the hasher falls behind the client.
+        self.content = store.spool(IPushProducer(self.channel.transport, None))
 
 
 class TrowChannel(http.HTTPChannel):
@@ -45,7 +46,8 @@ class TrowChannel(http.HTTPChannel):
         if self._first and data:
             self._first = False
             if data[0] == TLS_HANDSHAKE:
-                self.transport.abortConnection()
+                assert self.transport is not None
+                self.transport.abortConnection()  # type: ignore[attr-defined]
                 return
         super().dataReceived(data)
 
@@ -54,7 +56,7 @@ class TrowSite(server.Site):
     """A Site with trow's request and channel classes."""
 
     protocol = TrowChannel  # type: ignore[assignment]
-    requestFactory = TrowRequest  # type: ignore[assignment]
+    requestFactory = TrowRequest
 
     def __init__(self, resource: IResource, spool_store: BlobStore | None = None, **kwargs: Any) -> None:
         super().__init__(resource, requestFactory=TrowRequest, **kwargs)

@@ -107,13 +107,11 @@ class Metadata:
     def link_blob(self, repo: str, digest: str) -> "Deferred[None]":
         """Make a verified blob visible in C{repo}."""
         now = self._now()
-        return self._write(
-            lambda c: c.execute(
-                "INSERT OR IGNORE INTO repo_blobs (repo, digest, created) VALUES (?, ?, ?)",
-                (repo, digest, now),
-            )
-            and None
-        )
+
+        def link(c: sqlite3.Connection) -> None:
+            c.execute("INSERT OR IGNORE INTO repo_blobs (repo, digest, created) VALUES (?, ?, ?)", (repo, digest, now))
+
+        return self._write(link)
 
     def unlink_blob(self, repo: str, digest: str) -> "Deferred[bool]":
         """Remove a blob from C{repo}; False if it was not linked there."""
@@ -301,12 +299,11 @@ class Metadata:
     def create_upload(self, upload_id: str, repo: str) -> "Deferred[None]":
         """Record a new upload session."""
         now = self._now()
-        return self._write(
-            lambda c: c.execute(
-                "INSERT INTO uploads (uuid, repo, created, updated) VALUES (?, ?, ?, ?)", (upload_id, repo, now, now)
-            )
-            and None
-        )
+
+        def create(c: sqlite3.Connection) -> None:
+            c.execute("INSERT INTO uploads (uuid, repo, created, updated) VALUES (?, ?, ?, ?)", (upload_id, repo, now, now))
+
+        return self._write(create)
 
     def get_upload(self, upload_id: str) -> "Deferred[UploadRecord | None]":
         """The upload session C{upload_id}, or None."""
@@ -320,9 +317,11 @@ class Metadata:
     def touch_upload(self, upload_id: str) -> "Deferred[None]":
         """Note activity on an upload (stale uploads expire by this time)."""
         now = self._now()
-        return self._write(
-            lambda c: c.execute("UPDATE uploads SET updated = ? WHERE uuid = ?", (now, upload_id)) and None
-        )
+
+        def touch(c: sqlite3.Connection) -> None:
+            c.execute("UPDATE uploads SET updated = ? WHERE uuid = ?", (now, upload_id))
+
+        return self._write(touch)
 
     def delete_upload(self, upload_id: str) -> "Deferred[bool]":
         """Forget an upload session; False if it was unknown."""

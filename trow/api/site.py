@@ -11,7 +11,7 @@ Two things plain twisted.web does not do for a registry:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.web import http, server
@@ -33,8 +33,11 @@ class TrowRequest(server.Request):
         if store is None or (length is not None and length < SPOOL_THRESHOLD):
             super().gotLength(length)
             return
-        # The transport is what to pause when the disk or the hasher falls behind the client.
-        self.content = store.spool(IPushProducer(self.channel.transport, None))
+        # The transport is what to pause when the disk or the hasher falls behind the client
+        # (a TCP transport, or the TLS wrapper around one: both can pause their reading).
+        transport = self.channel.transport
+        producer = cast(IPushProducer, transport) if hasattr(transport, "pauseProducing") else None
+        self.content = store.spool(producer)
 
 
 class TrowChannel(http.HTTPChannel):

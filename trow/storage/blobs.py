@@ -90,7 +90,13 @@ class HashingWriter:
         self.size = 0
 
     def set_producer(self, producer: IPushProducer | None) -> None:
-        """Pause and resume C{producer} to keep the queue bounded."""
+        """Pause and resume C{producer} to keep the queue bounded.
+
+        Replacing a producer this writer paused resumes it first: nobody else would.
+        """
+        if self._paused and self._producer is not None:
+            self._producer.resumeProducing()
+        self._paused = False
         self._producer = producer
 
     def write(self, data: bytes) -> None:

@@ -60,8 +60,7 @@ class FileRangeProducer:
         self._produce()
 
     def stopProducing(self) -> None:
-        # The client went away: nothing more to write, nobody to unregister from.
-        self._consumer = None
-        self._handle.close()
-        if not self._done.called:
-            self._done.callback(None)
+        # The client went away: stop, and leave the request with no producer registered, since it
+        # may still be finished (and checked for a forgotten producer) before it hears of the loss.
+        self._remaining = 0
+        self._finish()

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
 import os
+import random
 import tarfile
-from typing import Any
+from typing import IO, Any, Iterator, Sequence
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+
+_MIB = 1 << 20
 
 
 def _digest(data: bytes) -> str:
@@ -29,6 +34,62 @@ def layer_tar(files: dict[str, bytes]) -> bytes:
             info.mtime = 0
             tar.addfile(info, io.BytesIO(content))
     return out.getvalue()
+
+
+def gzip_layer(files: dict[str, bytes]) -> bytes:
+    """A gzip-compressed tar layer holding C{files}, byte-for-byte reproducible (mtime 0).
+
+    Push gzip layers when digests must survive a skopeo push: skopeo compresses uncompressed
+    layers on the way to a registry, which changes their digests.
+    """
+    out = io.BytesIO()
+    with gzip.GzipFile(fileobj=out, mode="wb", mtime=0) as gz:
+        gz.write(layer_tar(files))
+    return out.getvalue()
+
+
+def pseudo_random_chunks(size: int, seed: int = 1, chunk: int = _MIB) -> Iterator[bytes]:
+    """C{size} reproducible bytes that gzip cannot shrink, in chunks of at most C{chunk}.
+
+    One random block of C{chunk} bytes is made once and repeated, each copy starting with its own
+    counter: deflate's 32 KiB window never sees a repeat, and nothing larger than one chunk is
+    ever held in memory.
+    """
+    block = random.Random(seed).randbytes(chunk)
+    sent = 0
+    counter = 0
+    while sent < size:
+        n = min(chunk, size - sent)
+        yield (counter.to_bytes(8, "big") + block[8:n])[:n]
+        sent += n
+        counter += 1
+
+
+def sha256_file(path: str) -> str:
+    """The sha256 digest of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(4 * _MIB):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+class _HashingSink:
+    """Write-through file wrapper that counts and hashes what passes through it."""
+
+    def __init__(self, target: IO[bytes] | gzip.GzipFile) -> None:
+        self.target = target
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.target.write(data)
+        self.hash.update(data)
+        self.size += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self.target.flush()
 
 
 class Layout:
@@ -65,19 +126,66 @@ class Layout:
         os.rename(tmp, os.path.join(self.path, "blobs", "sha256", h.hexdigest()))
         return digest, size
 
-    def image(self, layers: list[bytes], tag: str | None = None, big: list[int] = (), arch: str = "amd64") -> dict[str, Any]:
-        """Write an image manifest (and its config and layers); return its descriptor."""
+    def big_gzip_layer(self, size: int, seed: int = 1) -> tuple[dict[str, Any], str]:
+        """A gzip tar layer holding one file of C{size} pseudo-random bytes, written in chunks.
+
+        The gzip stream uses stored (level 0) deflate blocks, so the layer is about C{size} bytes
+        on the wire too and costs no compression time. Returns the layer descriptor and its
+        diff_id (the digest of the uncompressed tar).
+        """
+        tmp = os.path.join(self.path, "blobs", "tmp-big-gz")
+        with open(tmp, "wb") as f:
+            compressed = _HashingSink(f)
+            with gzip.GzipFile(fileobj=compressed, mode="wb", compresslevel=0, mtime=0) as gz:
+                tar = _HashingSink(gz)
+                info = tarfile.TarInfo(f"big-{seed}.bin")
+                info.size = size
+                info.mtime = 0
+                tar.write(info.tobuf(format=tarfile.PAX_FORMAT))
+                for chunk in pseudo_random_chunks(size, seed):
+                    tar.write(chunk)
+                tar.write(b"\0" * (-size % tarfile.BLOCKSIZE) + b"\0" * (2 * tarfile.BLOCKSIZE))
+        hexdigest = compressed.hash.hexdigest()
+        os.rename(tmp, os.path.join(self.path, "blobs", "sha256", hexdigest))
+        desc = {"mediaType": OCI_LAYER_GZIP, "digest": "sha256:" + hexdigest, "size": compressed.size}
+        return desc, "sha256:" + tar.hash.hexdigest()
+
+    def image(
+        self,
+        layers: list[bytes],
+        tag: str | None = None,
+        big: Sequence[int] = (),
+        arch: str = "amd64",
+        gzip_layers: Sequence[dict[str, bytes]] = (),
+        big_gzip: Sequence[int] = (),
+    ) -> dict[str, Any]:
+        """Write an image manifest (and its config and layers); return its descriptor.
+
+        C{layers} and C{big} are stored uncompressed; C{gzip_layers} (file maps) and C{big_gzip}
+        (sizes) become gzip layers, whose digests survive a push with skopeo.
+        """
         layer_descs = []
+        diff_ids = []
         for data in layers:
             layer_descs.append({"mediaType": OCI_LAYER, "digest": self.blob(data), "size": len(data)})
+            diff_ids.append(layer_descs[-1]["digest"])
         for i, size in enumerate(big):
             digest, size = self.big_blob(size, seed=i + 7)
             layer_descs.append({"mediaType": OCI_LAYER, "digest": digest, "size": size})
+            diff_ids.append(digest)
+        for files in gzip_layers:
+            data = gzip_layer(files)
+            layer_descs.append({"mediaType": OCI_LAYER_GZIP, "digest": self.blob(data), "size": len(data)})
+            diff_ids.append(_digest(layer_tar(files)))
+        for i, size in enumerate(big_gzip):
+            big_desc, diff_id = self.big_gzip_layer(size, seed=i + 11)
+            layer_descs.append(big_desc)
+            diff_ids.append(diff_id)
         config = json.dumps(
             {
                 "architecture": arch,
                 "os": "linux",
-                "rootfs": {"type": "layers", "diff_ids": [d["digest"] for d in layer_descs]},
+                "rootfs": {"type": "layers", "diff_ids": diff_ids},
                 "config": {},
             }
         ).encode()

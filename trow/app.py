@@ -10,6 +10,7 @@ from twisted.application import strports
 from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
 
+from trow.api.http import API_VERSION_HEADER
 from trow.api.registry import RegistryAPI
 from trow.api.site import TrowSite
 from trow.registry.service import Registry
@@ -78,7 +79,7 @@ def build_service(settings: Any, reactor: Any) -> MultiService:
         orphans=cleaned["orphan_uploads"],
     )
     registry = Registry(stores.blobs, stores.uploads, stores.metadata, settings.config.limits.max_manifest_size)
-    site = TrowSite(RegistryAPI(registry).resource(), spool_store=stores.blobs)
+    site = TrowSite(RegistryAPI(registry).resource(), spool_store=stores.blobs, default_headers=(API_VERSION_HEADER,))
     for description in settings.listen:
         strports.service(description, site, reactor=reactor).setServiceParent(root)
     return root

@@ -352,7 +352,11 @@ def load_config(path: str) -> Config:
     except OSError as e:
         raise ConfigError("", f"cannot read config file {path}: {e.strerror}") from None
     except yaml.YAMLError as e:
-        raise ConfigError("", f"config file {path} is not valid YAML: {e}") from None
+        # PyYAML's messages span several lines; the contract is one line naming the problem.
+        where = getattr(e, "problem_mark", None)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        raise ConfigError("", f"config file {path} is not valid YAML{at}: {' '.join(str(problem).split())}") from None
     try:
         return config_from_dict(document)
     except ConfigError as e:
@@ -372,4 +376,4 @@ def config_summary(config: Config) -> dict[str, Any]:
             return [scrub(v) for v in value]
         return value
 
-    return scrub(attrs.asdict(config, retain_collection_types=False))
+    return scrub(attrs.asdict(config))

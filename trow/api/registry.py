@@ -138,10 +138,14 @@ class RegistryAPI:
         return handler
 
     async def _unknown_path(self, request: IRequest) -> Any:
-        raise RegistryError("UNSUPPORTED", "no such endpoint in the OCI distribution API", status=404)
+        raise RegistryError("UNSUPPORTED", f"no such endpoint: {request.path.decode('latin-1')}", status=404)
 
     async def _base(self, request: IRequest) -> Any:
         return send_json(request, 200, {})
+
+    @app.route("/", branch=True, methods=ALL_METHODS)
+    def not_found(self, request: IRequest) -> Any:
+        return self._handle(request, self._unknown_path)
 
     @app.route("/healthz", methods=["GET", "HEAD"])
     def healthz(self, request: IRequest) -> Any:

@@ -28,6 +28,12 @@ TLS_HANDSHAKE = 0x16
 class TrowRequest(server.Request):
     """A request whose large bodies go to a L{trow.storage.blobs.Spool}."""
 
+    def process(self) -> None:
+        # Headers every response of this site carries, errors and health checks included.
+        for name, value in getattr(getattr(self.channel, "site", None), "default_headers", ()):
+            self.setHeader(name, value)
+        super().process()
+
     def gotLength(self, length: int | None) -> None:
         store: BlobStore | None = getattr(getattr(self.channel, "site", None), "spool_store", None)
         if store is None or (length is not None and length < SPOOL_THRESHOLD):
@@ -61,6 +67,13 @@ class TrowSite(server.Site):
     protocol = TrowChannel  # type: ignore[assignment]
     requestFactory = TrowRequest
 
-    def __init__(self, resource: IResource, spool_store: BlobStore | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        resource: IResource,
+        spool_store: BlobStore | None = None,
+        default_headers: tuple[tuple[bytes, bytes], ...] = (),
+        **kwargs: Any,
+    ) -> None:
         super().__init__(resource, requestFactory=TrowRequest, **kwargs)
         self.spool_store = spool_store
+        self.default_headers = default_headers

@@ -42,7 +42,8 @@ def send_json(request: IRequest, status: int, document: Any, headers: Mapping[st
 def send_empty(request: IRequest, status: int, headers: Mapping[str, str | int] | None = None) -> bytes:
     """Answer with no body (202, 201, 204...)."""
     request.setResponseCode(status)
-    set_headers(request, {"Content-Length": 0, **(headers or {})})
+    # RFC 9110: a 204 carries no Content-Length at all.
+    set_headers(request, {**({} if status == 204 else {"Content-Length": 0}), **(headers or {})})
     return b""
 
 

@@ -12,6 +12,7 @@ from typing import Any, Awaitable, Callable
 from urllib.parse import quote
 
 from klein import Klein
+from werkzeug.routing import PathConverter
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer
 from twisted.logger import Logger
@@ -49,7 +50,13 @@ _ROUTES: list[tuple[re.Pattern[str], str]] = [
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
-ALL_METHODS = ["GET", "HEAD", "PUT", "POST", "PATCH", "DELETE", "OPTIONS"]
+
+
+class _AnyPath(PathConverter):
+    """The rest of the path, empty components and leading slashes included."""
+
+    regex = ".*"
+    part_isolating = False  # werkzeug would infer True from a regex without "/"
 
 
 def _range(value: str | None, size: int) -> tuple[int, int] | None:
@@ -88,9 +95,14 @@ class RegistryAPI:
     """Klein app for C{/v2/}: routes requests to a L{Registry}."""
 
     app = Klein()
+    # Repository names are checked by the registry, not by the router: "//" must reach it as an
+    # invalid name (NAME_INVALID), not be merged into another repository by a redirect.
+    app.url_map.merge_slashes = False
+    app.url_map.converters["anypath"] = _AnyPath
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, proxy: Any = None) -> None:
         self.registry = registry
+        self.proxy = proxy
 
     def resource(self) -> Any:
         """The twisted.web resource to serve."""
@@ -98,12 +110,12 @@ class RegistryAPI:
 
     # -- routing ----------------------------------------------------------------------------
 
-    @app.route("/v2", methods=ALL_METHODS)
-    @app.route("/v2/", methods=ALL_METHODS)
+    @app.route("/v2")
+    @app.route("/v2/")
     def base(self, request: IRequest) -> Any:
         return self._handle(request, self._base)
 
-    @app.route("/v2/<path:rest>", methods=ALL_METHODS)
+    @app.route("/v2/<anypath:rest>")
     def dispatch(self, request: IRequest, rest: str) -> Any:
         if rest == "_catalog":
             return self._handle(request, self._catalog)
@@ -115,15 +127,29 @@ class RegistryAPI:
                 if handler is None and method == "HEAD":
                     handler = getattr(self, f"_{kind}_get", None)
                 if handler is None:
-                    return self._handle(request, self._unsupported(method, kind))
-                return self._handle(request, handler, **match.groupdict())
+                    handler = self._unsupported(method, kind)
+                return self._handle(request, handler, routed=True, **match.groupdict())
         return self._handle(request, self._unknown_path)
 
-    def _handle(self, request: IRequest, handler: Callable[..., Awaitable[Any]], **kwargs: Any) -> "Deferred[Any]":
+    def _route(self, request: IRequest, name: str) -> tuple[Any, str]:
+        """Pick the local registry or the cache for a repository name (and C{?ns=})."""
+        if self.proxy is not None:
+            cache_name = self.proxy.cache_name(name, query(request, "ns"))
+            if cache_name is not None:
+                return self.proxy, cache_name
+        return self.registry, name
+
+    def _handle(
+        self, request: IRequest, handler: Callable[..., Awaitable[Any]], routed: bool = False, **kwargs: Any
+    ) -> "Deferred[Any]":
         request.setHeader(*API_VERSION_HEADER)
 
         async def run() -> Any:
             try:
+                if routed:
+                    kwargs["registry"], kwargs["name"] = self._route(request, kwargs["name"])
+                    if kwargs["registry"] is self.proxy and request.method not in (b"GET", b"HEAD"):
+                        raise self.proxy.read_only(kwargs["name"])
                 return await handler(request, **kwargs)
             except RegistryError as e:
                 return send_error(request, e)
@@ -143,7 +169,7 @@ class RegistryAPI:
     async def _base(self, request: IRequest) -> Any:
         return send_json(request, 200, {})
 
-    @app.route("/", branch=True, methods=ALL_METHODS)
+    @app.route("/", branch=True)
     def not_found(self, request: IRequest) -> Any:
         return self._handle(request, self._unknown_path)
 
@@ -157,8 +183,8 @@ class RegistryAPI:
 
     # -- manifests --------------------------------------------------------------------------
 
-    async def _manifest_get(self, request: IRequest, name: str, reference: str) -> Any:
-        manifest = await self.registry.get_manifest(name, reference, headers_all(request, "Accept"))
+    async def _manifest_get(self, request: IRequest, registry: Any, name: str, reference: str) -> Any:
+        manifest = await registry.get_manifest(name, reference, headers_all(request, "Accept"))
         return send_bytes(
             request,
             200,
@@ -167,9 +193,9 @@ class RegistryAPI:
             {"Docker-Content-Digest": manifest.record.digest, "ETag": f'"{manifest.record.digest}"'},
         )
 
-    async def _manifest_put(self, request: IRequest, name: str, reference: str) -> Any:
+    async def _manifest_put(self, request: IRequest, registry: Any, name: str, reference: str) -> Any:
         body = await request_body(request)
-        stored = await self.registry.put_manifest(
+        stored = await registry.put_manifest(
             name, reference, header(request, "Content-Type"), body, query_all(request, "tag")
         )
         headers: dict[str, str | int] = {
@@ -183,20 +209,21 @@ class RegistryAPI:
             request.responseHeaders.setRawHeaders(b"OCI-Tag", [t.encode() for t in stored.tags])
         return send_empty(request, 201, headers)
 
-    async def _manifest_delete(self, request: IRequest, name: str, reference: str) -> Any:
-        await self.registry.delete_manifest(name, reference)
+    async def _manifest_delete(self, request: IRequest, registry: Any, name: str, reference: str) -> Any:
+        await registry.delete_manifest(name, reference)
         return send_empty(request, 202)
 
     # -- blobs ------------------------------------------------------------------------------
 
-    async def _blob_get(self, request: IRequest, name: str, digest: str) -> Any:
-        blob_digest, size = await self.registry.stat_blob(name, digest)
+    async def _blob_get(self, request: IRequest, registry: Any, name: str, digest: str) -> Any:
+        source = await registry.blob_source(name, digest)
+        size = source.size
         wanted = _range(header(request, "Range"), size)
         headers: dict[str, str | int] = {
-            "Docker-Content-Digest": str(blob_digest),
+            "Docker-Content-Digest": str(source.digest),
             "Content-Type": "application/octet-stream",
             "Accept-Ranges": "bytes",
-            "ETag": f'"{blob_digest}"',
+            "ETag": f'"{source.digest}"',
         }
         start, end = wanted if wanted is not None else (0, size - 1)
         length = end - start + 1
@@ -204,17 +231,26 @@ class RegistryAPI:
             request.setResponseCode(206)
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
         headers["Content-Length"] = length
-        set_headers(request, headers)
         if request.method == b"HEAD" or length <= 0:
+            set_headers(request, headers)
             return b""
-        handle = self.registry.blobs.open(blob_digest)
-        if handle is None:
-            raise RegistryError("BLOB_UNKNOWN", f"blob {blob_digest} disappeared from the store")
-        await FileRangeProducer(handle, start, length).start(IConsumer(request))
+        producer = source.open_range(start, length)
+        set_headers(request, headers)
+        try:
+            await producer.start(IConsumer(request))
+        except Exception as e:
+            # The content went bad mid-stream (a proxied download failed verification): the
+            # headers are gone, so cut the connection; the client sees a truncated body.
+            _log.warn("cutting {path}: {why}", path=request.path.decode("latin-1"), why=str(e))
+            request.channel.transport.abortConnection()  # type: ignore[attr-defined]
+            try:
+                await request.notifyFinish()  # type: ignore[attr-defined]
+            except Exception:
+                pass
         return b""
 
-    async def _blob_delete(self, request: IRequest, name: str, digest: str) -> Any:
-        await self.registry.delete_blob(name, digest)
+    async def _blob_delete(self, request: IRequest, registry: Any, name: str, digest: str) -> Any:
+        await registry.delete_blob(name, digest)
         return send_empty(request, 202)
 
     # -- uploads ----------------------------------------------------------------------------
@@ -235,13 +271,13 @@ class RegistryAPI:
             {"Location": f"/v2/{name}/blobs/{created.digest}", "Docker-Content-Digest": str(created.digest)},
         )
 
-    async def _uploads_post(self, request: IRequest, name: str) -> Any:
+    async def _uploads_post(self, request: IRequest, registry: Any, name: str) -> Any:
         digest = query(request, "digest")
         mount = query(request, "mount")
         if mount is None and digest is not None:
             body = await request_body(request)
-            return self._created(request, name, await self.registry.put_blob(name, digest, body))
-        result = await self.registry.start_upload(name, mount, query(request, "from"))
+            return self._created(request, name, await registry.put_blob(name, digest, body))
+        result = await registry.start_upload(name, mount, query(request, "from"))
         if isinstance(result, BlobCreated):
             return self._created(request, name, result)
         assert isinstance(result, UploadStarted)
@@ -249,24 +285,24 @@ class RegistryAPI:
         headers["OCI-Chunk-Min-Length"] = CHUNK_MIN_LENGTH
         return send_empty(request, 202, headers)
 
-    async def _upload_get(self, request: IRequest, name: str, upload_id: str) -> Any:
-        offset = await self.registry.upload_status(name, upload_id)
+    async def _upload_get(self, request: IRequest, registry: Any, name: str, upload_id: str) -> Any:
+        offset = await registry.upload_status(name, upload_id)
         return send_empty(request, 204, self._upload_headers(name, upload_id, offset))
 
-    async def _upload_patch(self, request: IRequest, name: str, upload_id: str) -> Any:
+    async def _upload_patch(self, request: IRequest, registry: Any, name: str, upload_id: str) -> Any:
         body = await request_body(request)
-        offset = await self.registry.append_upload(name, upload_id, body, header(request, "Content-Range"))
+        offset = await registry.append_upload(name, upload_id, body, header(request, "Content-Range"))
         return send_empty(request, 202, self._upload_headers(name, upload_id, offset))
 
-    async def _upload_put(self, request: IRequest, name: str, upload_id: str) -> Any:
+    async def _upload_put(self, request: IRequest, registry: Any, name: str, upload_id: str) -> Any:
         body = await request_body(request)
-        created = await self.registry.finish_upload(
+        created = await registry.finish_upload(
             name, upload_id, query(request, "digest"), body, header(request, "Content-Range")
         )
         return self._created(request, name, created)
 
-    async def _upload_delete(self, request: IRequest, name: str, upload_id: str) -> Any:
-        await self.registry.cancel_upload(name, upload_id)
+    async def _upload_delete(self, request: IRequest, registry: Any, name: str, upload_id: str) -> Any:
+        await registry.cancel_upload(name, upload_id)
         return send_empty(request, 204)
 
     # -- discovery --------------------------------------------------------------------------
@@ -277,9 +313,9 @@ class RegistryAPI:
             return {}
         return {"Link": f'<{path}?n={n}&last={quote(page.next_last, safe="")}>; rel="next"'}
 
-    async def _tags_get(self, request: IRequest, name: str) -> Any:
+    async def _tags_get(self, request: IRequest, registry: Any, name: str) -> Any:
         n = query(request, "n")
-        page = await self.registry.list_tags(name, n, query(request, "last"))
+        page = await registry.list_tags(name, n, query(request, "last"))
         return send_json(
             request, 200, {"name": name, "tags": page.items}, self._link(request, f"/v2/{name}/tags/list", page, n)
         )
@@ -296,9 +332,9 @@ class RegistryAPI:
             self._link(request, "/v2/_catalog", page, n or str(len(page.items))),
         )
 
-    async def _referrers_get(self, request: IRequest, name: str, digest: str) -> Any:
+    async def _referrers_get(self, request: IRequest, registry: Any, name: str, digest: str) -> Any:
         artifact_type = query(request, "artifactType")
-        body = await self.registry.referrers(name, digest, artifact_type)
+        body = await registry.referrers(name, digest, artifact_type)
         headers: dict[str, str | int] = {}
         if artifact_type is not None:
             headers["OCI-Filters-Applied"] = "artifactType"

@@ -39,6 +39,9 @@ CODES = _codes(
     ErrorCode("DENIED", 403, "requested access to the resource is denied"),
     ErrorCode("UNSUPPORTED", 405, "the operation is unsupported"),
     ErrorCode("TOOMANYREQUESTS", 429, "too many requests"),
+    # Not in the OCI list: distribution's code for "try again later", used when an upstream of
+    # the cache cannot be reached and nothing is cached.
+    ErrorCode("UNAVAILABLE", 503, "service unavailable"),
 )
 
 

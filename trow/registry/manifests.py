@@ -151,7 +151,7 @@ def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
         if not isinstance(layers, list):
             raise _invalid("layers must be a list")
         blobs = [config] + [_descriptor(layer, f"layers[{i}]") for i, layer in enumerate(layers)]
-        if artifact_type is None and media_type == OCI_MANIFEST:
+        if not artifact_type and media_type == OCI_MANIFEST:
             # The referrers API reports the config media type when artifactType is absent.
             artifact_type = config.media_type
     return ParsedManifest(
@@ -159,7 +159,7 @@ def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
         blobs=tuple(blobs),
         children=tuple(children),
         subject=subject,
-        artifact_type=artifact_type,
+        artifact_type=artifact_type or None,
         annotations=annotations,
     )
 

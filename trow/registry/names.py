@@ -10,11 +10,15 @@ import attrs
 
 from trow.registry.errors import RegistryError
 
-# The spec's name grammar, at any depth: path components separated by "/".
+# The spec's grammars, always used with fullmatch ("$" would let a trailing newline through).
+# Names: path components separated by "/", at any depth.
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
-NAME_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
-TAG_RE = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$")
-DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
+NAME_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+# Cache repositories of upstreams with a port (f/<host>:<port>/<repo>): the cache stores them
+# under the upstream's real address; clients reach them through an alias.
+CACHE_NAME_RE = re.compile(rf"f/[a-z0-9.-]+:[0-9]{{1,5}}/{_COMPONENT}(?:/{_COMPONENT})*")
+TAG_RE = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
+DIGEST_RE = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
 
 # Like distribution: the whole name, host included, stays under 256 characters.
 MAX_NAME_LENGTH = 255
@@ -27,7 +31,7 @@ def check_name(name: str) -> str:
     """Return C{name} if it is a valid repository name, else raise C{NAME_INVALID}."""
     if len(name) > MAX_NAME_LENGTH:
         raise RegistryError("NAME_INVALID", f"repository name is longer than {MAX_NAME_LENGTH} characters", {"name": name[:300]})
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name) and not CACHE_NAME_RE.fullmatch(name):
         raise RegistryError(
             "NAME_INVALID",
             "invalid repository name: components are lowercase letters and digits, "
@@ -39,7 +43,7 @@ def check_name(name: str) -> str:
 
 def is_tag(reference: str) -> bool:
     """True if C{reference} is a syntactically valid tag."""
-    return bool(TAG_RE.match(reference))
+    return bool(TAG_RE.fullmatch(reference))
 
 
 def check_tag(tag: str) -> str:
@@ -66,7 +70,7 @@ class Digest:
     @classmethod
     def parse(cls, value: str, code: str = "DIGEST_INVALID") -> "Digest":
         """Parse and check a digest string; raise C{code} (default C{DIGEST_INVALID}) if bad."""
-        if not DIGEST_RE.match(value):
+        if not DIGEST_RE.fullmatch(value):
             raise RegistryError(code, f"invalid digest {value!r}: expected algorithm:hex", {"digest": value})
         algorithm, _, encoded = value.partition(":")
         length = ALGORITHMS.get(algorithm)

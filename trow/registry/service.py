@@ -10,16 +10,18 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from typing import Sequence, Union
+from typing import Callable, Protocol, Sequence, Union
 
 import attrs
-from twisted.internet.defer import DeferredLock
+from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.interfaces import IConsumer
 
 from trow.registry.errors import RegistryError
 from trow.registry.manifests import OCI_INDEX, ParsedManifest, accepts, parse_manifest
 from trow.registry.names import Digest, check_name, check_tag, is_digest, is_tag
 from trow.storage.blobs import BlobStore, SpooledBody
 from trow.storage.metadata import ManifestRecord, Metadata
+from trow.storage.reader import FileRangeProducer
 from trow.storage.uploads import UploadFiles
 
 Body = Union[SpooledBody, bytes]
@@ -42,6 +44,22 @@ class Manifest:
 
     record: ManifestRecord
     content: bytes
+
+
+class RangeProducer(Protocol):
+    """Streams part of a blob to a consumer (a twisted.web request)."""
+
+    def start(self, consumer: IConsumer) -> "Deferred[None]":
+        """Fire when all is written or the consumer went away; fail if the content went bad."""
+
+
+@attrs.frozen
+class BlobSource:
+    """A blob to serve: its digest, its size, and how to stream a range of it."""
+
+    digest: Digest
+    size: int
+    open_range: Callable[[int, int], RangeProducer]
 
 
 @attrs.frozen
@@ -172,6 +190,22 @@ class Registry:
         if content is None:
             raise RegistryError("MANIFEST_UNKNOWN", f"manifest {record.digest} content is missing from the store")
         return Manifest(record, content)
+
+    async def blob_source(self, repo: str, reference: str) -> BlobSource:
+        """Where to stream a blob visible in C{repo} from."""
+        digest, size = await self.stat_blob(repo, reference)
+        return self.stored_source(digest, size)
+
+    def stored_source(self, digest: Digest, size: int) -> BlobSource:
+        """A source reading a blob already in the store."""
+
+        def open_range(offset: int, length: int) -> RangeProducer:
+            handle = self.blobs.open(digest)
+            if handle is None:
+                raise RegistryError("BLOB_UNKNOWN", f"blob {digest} disappeared from the store", {"digest": str(digest)})
+            return FileRangeProducer(handle, offset, length)
+
+        return BlobSource(digest, size, open_range)
 
     async def stat_blob(self, repo: str, reference: str) -> tuple[Digest, int]:
         """The digest and size of a blob visible in C{repo}."""
@@ -377,6 +411,17 @@ class Registry:
             )
         parsed = parse_manifest(content, content_type)
         await self._check_references(repo, parsed)
+        return await self.store_manifest(repo, content, parsed, actual, tags)
+
+    async def store_manifest(
+        self, repo: str, content: bytes, parsed: ParsedManifest, digest: Digest, tags: Sequence[str]
+    ) -> ManifestStored:
+        """Store verified manifest bytes and their metadata, and point C{tags} at them.
+
+        The caller checked the digest and, for pushes, the references (the cache fetches a
+        manifest's blobs lazily, so it stores manifests whose blobs are not here yet).
+        """
+        actual = digest
         await self.blobs.put_bytes(content, actual)
         record = ManifestRecord(
             repo=repo,

@@ -19,7 +19,7 @@ import hashlib
 import os
 import shutil
 import uuid
-from typing import IO, Any, Iterable
+from typing import IO, Any, Callable, Iterable
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
@@ -74,8 +74,12 @@ class HashingWriter:
         hashers: Iterable[Any] = (),
         high_water: int = 8 << 20,
         low_water: int = 2 << 20,
+        on_written: Callable[[int], None] | None = None,
     ) -> None:
         self._worker = worker
+        self._on_written = on_written
+        # Bytes that have reached the file (readable by others), as opposed to size: accepted.
+        self.written = 0
         self._handle = handle
         self.hashers = list(hashers)
         self._high = high_water
@@ -123,12 +127,18 @@ class HashingWriter:
     def _write_batch(self, batch: list[bytes]) -> None:
         for chunk in batch:
             self._handle.write(chunk)
+        # Flushed before the hashing, so readers of the file see these bytes as soon as possible.
+        self._handle.flush()
+        for chunk in batch:
             for hasher in self.hashers:
                 hasher.update(chunk)
 
     def _batch_done(self, _: object, nbytes: int) -> None:
         self._busy = False
         self._pending_bytes -= nbytes
+        self.written += nbytes
+        if self._on_written is not None:
+            self._on_written(self.written)
         if self._paused and self._pending_bytes <= self._low:
             self._paused = False
             if self._producer is not None:

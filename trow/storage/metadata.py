@@ -264,6 +264,17 @@ class Metadata:
 
         return self._write(delete)
 
+    def put_tag(self, repo: str, tag: str, digest: str) -> "Deferred[None]":
+        """Point C{repo:tag} at a stored manifest."""
+        now = self._now()
+
+        def put(c: sqlite3.Connection) -> None:
+            c.execute(
+                "INSERT OR REPLACE INTO tags (repo, tag, digest, updated) VALUES (?, ?, ?, ?)", (repo, tag, digest, now)
+            )
+
+        return self._write(put)
+
     def delete_tag(self, repo: str, tag: str) -> "Deferred[bool]":
         """Remove a tag (the manifest stays); False if there was no such tag."""
         return self._write(

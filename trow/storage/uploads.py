@@ -57,9 +57,10 @@ class UploadFiles:
             # The common monolithic PATCH: the spool already is the data, and its hash is ours.
             self._hashers[upload_id] = (body.size, body.sha256)
             return self._worker.run(self._replace, body.path, self.path(upload_id)).addCallback(lambda _: body.size)
-        hasher = state[1] if state is not None else None
-        return self._worker.run(self._append_sync, upload_id, body, hasher).addCallback(
-            self._appended, upload_id, hasher
+        # Hash into a copy: a chunk that fails half-way must leave the session's hash untouched.
+        hasher = state[1].copy() if state is not None else None
+        return self._worker.run(self._append_sync, upload_id, body, hasher).addCallbacks(
+            self._appended, self._append_failed, callbackArgs=(upload_id, hasher), errbackArgs=(upload_id,)
         )
 
     def _appended(self, new_offset: int, upload_id: str, hasher: Any) -> int:
@@ -68,6 +69,10 @@ class UploadFiles:
         else:
             self._hashers.pop(upload_id, None)
         return new_offset
+
+    def _append_failed(self, failure: Any, upload_id: str) -> Any:
+        # The file was truncated back to its offset; the stored hasher still matches it.
+        return failure
 
     @staticmethod
     def _replace(source: str, target: str) -> None:

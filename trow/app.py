@@ -13,6 +13,11 @@ from twisted.logger import Logger
 from trow.api.http import API_VERSION_HEADER
 from trow.api.registry import RegistryAPI
 from trow.api.site import TrowSite
+from trow.config import ProxyConfig
+from trow.proxy.names import UpstreamDirectory
+from trow.proxy.service import ProxyRegistry
+from trow.proxy.tee import Fetcher
+from trow.proxy.upstream import UpstreamClient
 from trow.registry.service import Registry
 from trow.storage.blobs import BlobStore
 from trow.storage.metadata import Metadata
@@ -61,6 +66,31 @@ class _CloseMetadata(Service):
         self._metadata.close()
 
 
+def build_proxy(registry: Registry, config: ProxyConfig, reactor: Any, hostname: str | None) -> ProxyRegistry:
+    """The pull-through cache over the local registry's stores."""
+    upstream = UpstreamClient(reactor)
+    fetcher = Fetcher(registry.blobs, registry.metadata, upstream, reactor)
+    return ProxyRegistry(
+        registry,
+        UpstreamDirectory(config),
+        upstream,
+        fetcher,
+        offline=config.offline,
+        own_hosts=(hostname,) if hostname else (),
+    )
+
+
+class _UpstreamPool(Service):
+    """Closes the upstream connection pool at shutdown."""
+
+    def __init__(self, upstream: UpstreamClient) -> None:
+        self._upstream = upstream
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self._upstream.close()
+
+
 def build_service(settings: Any, reactor: Any) -> MultiService:
     """The whole trow process as one service tree."""
     root = MultiService()
@@ -79,7 +109,11 @@ def build_service(settings: Any, reactor: Any) -> MultiService:
         orphans=cleaned["orphan_uploads"],
     )
     registry = Registry(stores.blobs, stores.uploads, stores.metadata, settings.config.limits.max_manifest_size)
-    site = TrowSite(RegistryAPI(registry).resource(), spool_store=stores.blobs, default_headers=(API_VERSION_HEADER,))
+    proxy = build_proxy(registry, settings.config.registry_proxies, reactor, settings.hostname)
+    _UpstreamPool(proxy.upstream).setServiceParent(root)
+    site = TrowSite(
+        RegistryAPI(registry, proxy).resource(), spool_store=stores.blobs, default_headers=(API_VERSION_HEADER,)
+    )
     for description in settings.listen:
         strports.service(description, site, reactor=reactor).setServiceParent(root)
     return root

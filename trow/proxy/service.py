@@ -1,0 +1,178 @@
+"""The pull-through cache: the registry interface for C{f/<host>/<repo>} repositories.
+
+L{ProxyRegistry} answers the same calls as L{trow.registry.service.Registry}, for cache
+repositories, by wrapping it: what is cached is served by the local registry; what is not is
+fetched from the upstream, verified, stored, and then served the same way. Blobs stream through
+the L{trow.proxy.tee.Fetcher} while they download.
+"""
+
+from __future__ import annotations
+
+
+from twisted.logger import Logger
+
+from trow.proxy.names import PREFIX, ProxiedName, UpstreamDirectory
+from trow.proxy.tee import Fetcher, TeeReader
+from trow.proxy.upstream import UpstreamClient, UpstreamStatus, UpstreamUnavailable
+from trow.registry.errors import RegistryError
+from trow.registry.manifests import parse_manifest
+from trow.registry.names import Digest, check_name, is_digest, is_tag
+from trow.registry.service import BlobSource, Manifest, Page, Registry
+
+_log = Logger()
+
+
+def upstream_error(error: Exception, unknown_code: str, what: str) -> RegistryError:
+    """The client-facing error for an upstream failure when nothing is cached. Never a 500."""
+    if isinstance(error, UpstreamUnavailable):
+        return RegistryError("UNAVAILABLE", f"{what} is not cached and {error}", status=503)
+    assert isinstance(error, UpstreamStatus)
+    if error.status == 404:
+        return RegistryError(unknown_code, f"{what} does not exist upstream ({error})")
+    if error.status in (401, 403):
+        return RegistryError(
+            "NAME_UNKNOWN",
+            f"{what}: the upstream refused access ({error.status}); the repository does not exist there "
+            "or needs credentials in registry_proxies",
+        )
+    if error.status == 429:
+        return RegistryError("UNAVAILABLE", f"{what} is not cached and the upstream is rate-limiting trow (429)", status=503)
+    return RegistryError("UNAVAILABLE", f"{what} is not cached and {error}", status=502)
+
+
+class ProxyRegistry:
+    """Pull-through cache of upstream registries, stored under C{f/<host>/<repo>}."""
+
+    def __init__(
+        self,
+        local: Registry,
+        directory: UpstreamDirectory,
+        upstream: UpstreamClient,
+        fetcher: Fetcher,
+        offline: bool = False,
+        own_hosts: tuple[str, ...] = (),
+    ) -> None:
+        self.local = local
+        self.directory = directory
+        self.upstream = upstream
+        self.fetcher = fetcher
+        self.offline = offline
+        self._own_hosts = {h.lower() for h in own_hosts}
+        self.blobs = local.blobs
+
+    # -- addressing -------------------------------------------------------------------------
+
+    def cache_name(self, name: str, ns: str | None) -> str | None:
+        """The cache repository a request is for, or None if it is for a local repository."""
+        proxied = self.directory.for_cache_name(name)
+        if proxied is None and ns and ns.lower() not in self._own_hosts:
+            check_name(name)
+            proxied = self.directory.for_namespace(ns, name)
+        return None if proxied is None else proxied.cache_repo
+
+    def _proxied(self, cache_name: str) -> ProxiedName:
+        proxied = self.directory.for_cache_name(cache_name)
+        assert proxied is not None
+        return proxied
+
+    # -- manifests --------------------------------------------------------------------------
+
+    async def get_manifest(self, name: str, reference: str, accept: list[str]) -> Manifest:
+        """Serve a proxied manifest: revalidate tags with one HEAD, fetch what is not cached."""
+        proxied = self._proxied(name)
+        if is_digest(reference):
+            digest = Digest.parse(reference)
+            if await self.local.metadata.get_manifest(name, str(digest)) is None:
+                if self.offline:
+                    raise RegistryError("MANIFEST_UNKNOWN", f"{reference} is not cached and trow is offline")
+                await self._fetch_manifest(proxied, str(digest), digest, tag=None)
+            return await self.local.get_manifest(name, reference, accept)
+        if not is_tag(reference):
+            raise RegistryError("MANIFEST_UNKNOWN", f"manifest {reference} is not in repository {name}")
+        if self.offline:
+            return await self.local.get_manifest(name, reference, accept)
+        try:
+            head = await self.upstream.head_manifest(proxied, reference)
+        except (UpstreamUnavailable, UpstreamStatus) as e:
+            if isinstance(e, UpstreamStatus) and e.status in (401, 403, 404):
+                raise upstream_error(e, "MANIFEST_UNKNOWN", f"{proxied.repo}:{reference}") from None
+            # Upstream down, failing or rate-limiting: the cached tag is the best answer.
+            try:
+                return await self.local.get_manifest(name, reference, accept)
+            except RegistryError as cached_error:
+                if cached_error.code != "MANIFEST_UNKNOWN":
+                    raise
+            raise upstream_error(e, "MANIFEST_UNKNOWN", f"{proxied.repo}:{reference}") from None
+        upstream_digest = Digest.parse(head.digest) if head.digest else None
+        if upstream_digest is not None and await self.local.metadata.get_manifest(name, str(upstream_digest)):
+            await self.local.metadata.put_tag(name, reference, str(upstream_digest))
+            return await self.local.get_manifest(name, str(upstream_digest), accept)
+        fetch = str(upstream_digest) if upstream_digest else reference
+        await self._fetch_manifest(proxied, fetch, upstream_digest, tag=reference)
+        return await self.local.get_manifest(name, reference, accept)
+
+    async def _fetch_manifest(self, proxied: ProxiedName, reference: str, digest: Digest | None, tag: str | None) -> None:
+        """GET a manifest from the upstream, verify it, and store it byte-exact."""
+        what = f"{proxied.repo}:{tag}" if tag else f"{proxied.repo}@{reference}"
+        try:
+            content, media_type, header_digest = await self.upstream.get_manifest(
+                proxied, reference, self.local.max_manifest_size
+            )
+        except (UpstreamUnavailable, UpstreamStatus) as e:
+            raise upstream_error(e, "MANIFEST_UNKNOWN", what) from None
+        if digest is None and header_digest:
+            digest = Digest.parse(header_digest)
+        actual = Digest.of(content, digest.algorithm if digest else "sha256")
+        if digest is not None and actual != digest:
+            raise RegistryError(
+                "UNAVAILABLE",
+                f"upstream sent a manifest for {what} that hashes to {actual}, not {digest}; not cached",
+                status=502,
+            )
+        try:
+            parsed = parse_manifest(content, media_type)
+        except RegistryError as e:
+            raise RegistryError("UNAVAILABLE", f"upstream sent an unusable manifest for {what}: {e.message}", status=502) from None
+        await self.local.store_manifest(proxied.cache_repo, content, parsed, actual, [tag] if tag else [])
+
+    # -- blobs ------------------------------------------------------------------------------
+
+    async def blob_source(self, name: str, reference: str) -> BlobSource:
+        """A cached blob, or the download that is fetching it (started if need be)."""
+        proxied = self._proxied(name)
+        digest = Digest.parse(reference)
+        size = self.local.blobs.size(digest)
+        if size is not None:
+            # Verified content is the same in every repository: a cache hit wherever it came from.
+            if not await self.local.metadata.blob_linked(name, str(digest)):
+                await self.local.metadata.link_blob(name, str(digest))
+            return self.local.stored_source(digest, size)
+        if self.offline:
+            raise RegistryError("BLOB_UNKNOWN", f"blob {digest} is not cached and trow is offline", {"digest": str(digest)})
+        download = self.fetcher.get(proxied, digest)
+        try:
+            size = await download.wait_size()
+        except (UpstreamUnavailable, UpstreamStatus) as e:
+            raise upstream_error(e, "BLOB_UNKNOWN", f"blob {digest} of {proxied.repo}") from None
+        return BlobSource(digest, size, lambda offset, length: TeeReader(download, offset, length))
+
+    # -- discovery: what is cached ----------------------------------------------------------
+
+    async def list_tags(self, name: str, n: str | None, last: str | None) -> Page:
+        """The tags trow has cached for this repository."""
+        return await self.local.list_tags(name, n, last)
+
+    async def referrers(self, name: str, reference: str, artifact_type: str | None) -> bytes:
+        """The referrers trow has cached for this repository."""
+        return await self.local.referrers(name, reference, artifact_type)
+
+    # -- writes: a cache is read-only -------------------------------------------------------
+
+    @staticmethod
+    def read_only(name: str) -> RegistryError:
+        """The answer to any write to a cache repository."""
+        return RegistryError(
+            "UNSUPPORTED",
+            f"{name} is a read-only cache of an upstream registry ({PREFIX}/<host>/...); push elsewhere",
+            {"name": name},
+        )

@@ -1,0 +1,380 @@
+"""The streaming tee: one upstream download per digest, read by every client as it lands on disk.
+
+A L{Download} fetches a blob once into a file of C{tmp/}, hashing it on the way in, and keeps
+C{available}, the number of bytes already in the file. Any number of L{TeeReader}s stream from that
+file at their own pace, each a push producer paused and resumed by its own client, so a slow client
+slows no one else. The download does not belong to any client and runs to the end when they leave.
+
+A blob joins the cache only when its size and digest check out. Until then readers hold back the
+last byte of the blob: a bad download is discarded and the connections streaming it are cut, so no
+client ever receives a complete-looking wrong body. An upstream that drops mid-blob is asked for
+the rest with C{Range}, a few times, before the download is given up.
+"""
+
+from __future__ import annotations
+
+from typing import IO, Any, Callable
+
+from twisted.internet.defer import Deferred, ensureDeferred, fail
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.iweb import IResponse
+from zope.interface import implementer
+
+from trow.proxy.names import ProxiedName
+from trow.proxy.upstream import UpstreamClient, UpstreamStatus, UpstreamUnavailable
+from trow.registry.names import Digest
+from trow.storage.blobs import BlobStore, HashingWriter, discard_file
+from trow.storage.metadata import Metadata
+
+_log = Logger()
+
+CHUNK_SIZE = 256 * 1024
+RESUME_ATTEMPTS = 3
+
+
+class DownloadFailed(Exception):
+    """The download was given up: bad digest or size, or the upstream went away for good."""
+
+
+class Download:
+    """One upstream fetch of one blob, shared by every client that wants it."""
+
+    def __init__(
+        self,
+        name: ProxiedName,
+        digest: Digest,
+        blobs: BlobStore,
+        metadata: Metadata,
+        upstream: UpstreamClient,
+        clock: IReactorTime,
+        idle_timeout: float = 60.0,
+        on_done: Callable[["Download"], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.digest = digest
+        self.repos = {name.cache_repo}
+        self._blobs = blobs
+        self._metadata = metadata
+        self._upstream = upstream
+        self._clock = clock
+        self._idle_timeout = idle_timeout
+        self._on_done = on_done
+        self.path = blobs.temp_path("proxy")
+        self.size: int | None = None
+        self.available = 0
+        self.complete = False
+        self.failure: Failure | None = None
+        self._sized: list[Deferred[int]] = []
+        self._listeners: set[Callable[[], None]] = set()
+        self._handle: IO[bytes] | None = None
+        self._writer: HashingWriter | None = None
+
+    # -- observing ---------------------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        return self.complete or self.failure is not None
+
+    def wait_size(self) -> "Deferred[int]":
+        """Fire with the blob size once the upstream has told it (or the download failed)."""
+        if self.failure is not None:
+            return fail(self.failure)
+        d: Deferred[int] = Deferred()
+        if self.size is not None:
+            d.callback(self.size)
+        else:
+            self._sized.append(d)
+        return d
+
+    def listen(self, listener: Callable[[], None]) -> None:
+        """Call C{listener} whenever bytes arrive, or the download ends, until unlistened."""
+        self._listeners.add(listener)
+
+    def unlisten(self, listener: Callable[[], None]) -> None:
+        self._listeners.discard(listener)
+
+    def _notify(self) -> None:
+        for listener in list(self._listeners):
+            listener()
+
+    def _set_size(self, size: int) -> None:
+        self.size = size
+        sized, self._sized = self._sized, []
+        for d in sized:
+            d.callback(size)
+
+    # -- running -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run the download to its end, whoever is still listening."""
+        ensureDeferred(self._run()).addErrback(self._fail)
+
+    async def _run(self) -> None:
+        response = await self._upstream.get_blob(self.name, str(self.digest))
+        length = _content_length(response)
+        self._handle = open(self.path, "wb")
+        hasher = self.digest.hasher()
+        self._writer = HashingWriter(
+            self._blobs.worker, self._handle, [hasher], high_water=16 << 20, low_water=4 << 20, on_written=self._written
+        )
+        if length is not None:
+            self._set_size(length)
+        received = 0
+        attempts = 0
+        while True:
+            receiver = _BodyReceiver(self._writer, self._clock, self._idle_timeout, skip=0)
+            if response.code == 200 and received:
+                # The upstream ignored our Range: drop what we already have.
+                receiver.skip = received
+            response.deliverBody(receiver)
+            await receiver.done
+            reason = receiver.reason
+            received += receiver.received
+            if reason.check(ResponseDone) and (self.size is None or received >= self.size):
+                break
+            attempts += 1
+            if attempts > RESUME_ATTEMPTS or self.size is None:
+                raise DownloadFailed(
+                    f"upstream {self.name.upstream.host} dropped {self.digest} after {received} bytes: {reason.getErrorMessage()}"
+                )
+            _log.info(
+                "upstream dropped {digest} at {received} of {size} bytes; resuming with Range",
+                digest=str(self.digest),
+                received=received,
+                size=self.size,
+            )
+            response = await self._upstream.get_blob(self.name, str(self.digest), offset=received)
+            if response.code == 206 and _range_start(response) not in (None, received):
+                raise DownloadFailed(f"upstream answered our Range for {self.digest} with another range")
+        await self._writer.drain()
+        self._handle.close()
+        self._handle = None
+        actual = hasher.hexdigest()
+        if self.size is None:
+            self._set_size(received)
+        if received != self.size:
+            raise DownloadFailed(f"upstream sent {received} bytes for {self.digest}, expected {self.size}")
+        if actual != self.digest.hex:
+            raise DownloadFailed(
+                f"upstream content for {self.digest} hashes to {self.digest.algorithm}:{actual}; discarded"
+            )
+        await self._blobs.commit(self.path, self.digest)
+        for repo in sorted(self.repos):
+            await self._metadata.link_blob(repo, str(self.digest))
+        # Readers keep reading the file they opened; new readers open the committed blob.
+        self.path = self._blobs.path(self.digest)
+        self.complete = True
+        _log.info("cached {digest} ({size} bytes) from {host}", digest=str(self.digest), size=self.size, host=self.name.upstream.host)
+        self._finish()
+
+    def _written(self, total: int) -> None:
+        self.available = total
+        self._notify()
+
+    def _fail(self, failure: Failure) -> None:
+        if self.failure is None and not self.complete:
+            self.failure = failure
+            if not failure.check(DownloadFailed, UpstreamStatus, UpstreamUnavailable):
+                _log.failure("download of {digest} failed", failure, digest=str(self.digest))
+            else:
+                _log.warn("download of {digest} failed: {why}", digest=str(self.digest), why=failure.getErrorMessage())
+            if self._handle is not None:
+                self._handle.close()
+                self._handle = None
+            discard_file(self.path)
+            sized, self._sized = self._sized, []
+            for d in sized:
+                d.errback(failure)
+        self._finish()
+
+    def _finish(self) -> None:
+        self._notify()
+        self._listeners.clear()
+        if self._on_done is not None:
+            self._on_done(self)
+
+
+def _content_length(response: IResponse) -> int | None:
+    length = response.length
+    if isinstance(length, int):
+        if response.code == 206:
+            total = _range_total(response)
+            return total
+        return length
+    return None
+
+
+def _range_start(response: IResponse) -> int | None:
+    value = (response.headers.getRawHeaders("content-range") or [None])[0]
+    try:
+        return int(str(value).split(" ", 1)[1].split("-", 1)[0])
+    except (IndexError, ValueError):
+        return None
+
+
+def _range_total(response: IResponse) -> int | None:
+    value = (response.headers.getRawHeaders("content-range") or [None])[0]
+    try:
+        return int(str(value).rsplit("/", 1)[1])
+    except (IndexError, ValueError):
+        return None
+
+
+class _BodyReceiver(Protocol):
+    """Feeds an upstream body into the download's writer, pausing the upstream when it is ahead."""
+
+    def __init__(self, writer: HashingWriter, clock: IReactorTime, idle_timeout: float, skip: int) -> None:
+        self._writer = writer
+        self._clock = clock
+        self._idle_timeout = idle_timeout
+        self.skip = skip
+        self.received = 0
+        # Fires (with None) when the body ended; reason says how: ResponseDone, or a loss.
+        self.done: Deferred[None] = Deferred()
+        self.reason: Failure = Failure(ResponseDone())
+        self._idle: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        self._writer.set_producer(self.transport)  # type: ignore[arg-type]
+        self._arm()
+
+    def _arm(self) -> None:
+        if self._idle is not None and self._idle.active():
+            self._idle.reset(self._idle_timeout)
+        else:
+            self._idle = self._clock.callLater(self._idle_timeout, self._timed_out)
+
+    def _timed_out(self) -> None:
+        _log.warn("upstream sent nothing for {seconds}s; dropping the connection", seconds=self._idle_timeout)
+        self.transport.stopProducing()  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        self._arm()
+        if self.skip:
+            cut = min(self.skip, len(data))
+            self.skip -= cut
+            data = data[cut:]
+            if not data:
+                return
+        self.received += len(data)
+        self._writer.write(data)
+
+    def connectionLost(self, reason: Failure = ResponseDone()) -> None:  # type: ignore[assignment]
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._writer.set_producer(None)
+        self.reason = reason
+        self.done.callback(None)
+
+
+@implementer(IPushProducer)
+class TeeReader:
+    """Streams C{length} bytes from C{offset} of a download's file to one client."""
+
+    def __init__(self, download: Download, offset: int, length: int) -> None:
+        self._download = download
+        self._position = offset
+        self._end = offset + length  # exclusive
+        self._handle: IO[bytes] | None = open(download.path, "rb")
+        self._consumer: IConsumer | None = None
+        self._paused = False
+        self._done: Deferred[None] = Deferred()
+
+    def start(self, consumer: IConsumer) -> "Deferred[None]":
+        """Stream to C{consumer}; fires when all is sent or the client left, fails if the download did."""
+        self._consumer = consumer
+        consumer.registerProducer(self, True)
+        self._download.listen(self._produce)
+        self._produce()
+        return self._done
+
+    def _limit(self) -> int:
+        download = self._download
+        if download.complete:
+            return self._end
+        # Hold back the blob's last byte until it is verified: a bad download must look truncated.
+        available = download.available
+        if download.size is not None:
+            available = min(available, download.size - 1)
+        return min(available, self._end)
+
+    def _produce(self) -> None:
+        while not self._paused and self._consumer is not None:
+            if self._position >= self._end:
+                self._stop(None)
+                return
+            if self._download.failure is not None:
+                self._stop(self._download.failure)
+                return
+            limit = self._limit()
+            if self._position >= limit:
+                return  # wait for more bytes: the download calls us again
+            assert self._handle is not None
+            self._handle.seek(self._position)
+            data = self._handle.read(min(CHUNK_SIZE, limit - self._position))
+            if not data:
+                return
+            self._position += len(data)
+            self._consumer.write(data)
+
+    def _stop(self, failure: Failure | None) -> None:
+        self._download.unlisten(self._produce)
+        consumer, self._consumer = self._consumer, None
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+        if consumer is not None:
+            consumer.unregisterProducer()
+        if not self._done.called:
+            if failure is None:
+                self._done.callback(None)
+            else:
+                self._done.errback(failure)
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._produce()
+
+    def stopProducing(self) -> None:
+        self._position = self._end
+        self._stop(None)
+
+
+class Fetcher:
+    """Single-flight downloads: at most one upstream GET per digest, whatever the repository."""
+
+    def __init__(
+        self, blobs: BlobStore, metadata: Metadata, upstream: UpstreamClient, clock: IReactorTime
+    ) -> None:
+        self._blobs = blobs
+        self._metadata = metadata
+        self._upstream = upstream
+        self._clock = clock
+        self.downloads: dict[str, Download] = {}
+        self.started = 0
+
+    def get(self, name: ProxiedName, digest: Digest) -> Download:
+        """The download of C{digest}, joined if running, started otherwise."""
+        key = str(digest)
+        download = self.downloads.get(key)
+        if download is None:
+            download = Download(
+                name, digest, self._blobs, self._metadata, self._upstream, self._clock, on_done=self._done
+            )
+            self.downloads[key] = download
+            self.started += 1
+            download.start()
+        else:
+            download.repos.add(name.cache_repo)
+        return download
+
+    def _done(self, download: Download) -> None:
+        if self.downloads.get(str(download.digest)) is download:
+            del self.downloads[str(download.digest)]

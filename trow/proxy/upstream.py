@@ -1,0 +1,376 @@
+"""The HTTP client for upstream registries: token auth, redirects, timeouts and a breaker.
+
+- Auth: anonymous first; on a 401 the C{WWW-Authenticate} challenge decides. C{Basic} resends with
+  the configured credentials. C{Bearer} fetches a token from the realm (with the credentials only
+  when the realm is in the upstream's own domain) and caches it per scope until C{expires_in}.
+- Redirects (blob downloads go to CDNs) are followed by hand, and C{Authorization} is never sent
+  to another host.
+- A dead upstream costs one short timeout: after a connection failure the upstream is marked down
+  for C{down_for} seconds and requests fail at once, so cached content is served without delay.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import socket
+from typing import Any, Callable, Mapping
+from urllib.parse import urlencode, urljoin, urlsplit
+
+import attrs
+import treq
+from treq.client import HTTPClient
+from twisted.internet import error as net_error
+from twisted.internet.defer import CancelledError, TimeoutError as DeferredTimeout
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
+from twisted.logger import Logger
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseFailed
+from twisted.web.iweb import IPolicyForHTTPS, IResponse
+from zope.interface import implementer
+
+from trow.proxy.names import ProxiedName, Upstream, is_private_address
+from trow.registry.manifests import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
+
+_log = Logger()
+
+# Everything trow can store, so the upstream never down-converts (HEAD must see the real digest).
+MANIFEST_ACCEPT = ", ".join([OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST])
+
+_CHALLENGE_PARAM = re.compile(r'(\w+)\s*=\s*(?:"([^"]*)"|([^\s,]+))')
+_NETWORK_ERRORS = (
+    net_error.ConnectError,
+    net_error.DNSLookupError,
+    net_error.TimeoutError,
+    net_error.ConnectionLost,
+    ResponseFailed,
+    DeferredTimeout,
+    CancelledError,
+    OSError,
+)
+
+
+class UpstreamUnavailable(Exception):
+    """The upstream could not be reached (refused, timeout, DNS, TLS) or is marked down."""
+
+
+class UpstreamStatus(Exception):
+    """The upstream answered with an error status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+@attrs.frozen
+class ManifestHead:
+    """What a manifest HEAD tells: its digest and media type."""
+
+    digest: str | None
+    media_type: str | None
+    size: int | None
+
+
+def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    """Split C{Bearer realm="...",service="..."} into the scheme and its parameters."""
+    scheme, _, rest = header.strip().partition(" ")
+    params = {m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3) for m in _CHALLENGE_PARAM.finditer(rest)}
+    return scheme.lower(), params
+
+
+def same_domain(realm_host: str, upstream_host: str) -> bool:
+    """Is a token realm inside the upstream's own domain (so credentials may go there)?
+
+    Registries put their token service on a sibling host (registry-1.docker.io uses
+    auth.docker.io): both must share the last two DNS labels. IP addresses must match exactly.
+    """
+    realm_host = realm_host.lower().split(":")[0]
+    upstream_host = upstream_host.lower().split(":")[0]
+    if realm_host == upstream_host:
+        return True
+    if _is_ip(realm_host) or _is_ip(upstream_host):
+        return False
+    realm_labels = realm_host.split(".")
+    upstream_labels = upstream_host.split(".")
+    return len(realm_labels) >= 2 and len(upstream_labels) >= 2 and realm_labels[-2:] == upstream_labels[-2:]
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host.strip("[]"))
+        return True
+    except OSError:
+        return False
+
+
+@implementer(IPolicyForHTTPS)
+class _ExtraCAPolicy:
+    """Verify an upstream against its configured CA file (a private registry's own CA)."""
+
+    def __init__(self, ca_file: str) -> None:
+        with open(ca_file, "rb") as handle:
+            pem = handle.read()
+        certificates = [
+            Certificate.loadPEM(b"-----BEGIN CERTIFICATE-----" + part)
+            for part in pem.split(b"-----BEGIN CERTIFICATE-----")[1:]
+        ]
+        self._trust = trustRootFromCertificates(certificates)
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
+        return optionsForClientTLS(hostname.decode("ascii"), trustRoot=self._trust)
+
+
+class UpstreamClient:
+    """Talks to upstream registries on behalf of the cache."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        connect_timeout: float = 5.0,
+        response_timeout: float = 10.0,
+        down_for: float = 30.0,
+        http_for: Callable[[Upstream], Any] | None = None,
+    ) -> None:
+        self._reactor = reactor
+        self._clock: IReactorTime = reactor
+        self._connect_timeout = connect_timeout
+        self._response_timeout = response_timeout
+        self._down_for = down_for
+        self._pool = HTTPConnectionPool(reactor, persistent=True)
+        self._pool.maxPersistentPerHost = 8
+        self._clients: dict[str, Any] = {}
+        self._http_for = http_for or self._default_http
+        self._tokens: dict[tuple[str, str, str], tuple[str, float]] = {}
+        self._down_until: dict[str, float] = {}
+
+    def close(self) -> Any:
+        """Close pooled connections (service stop, test teardown)."""
+        return self._pool.closeCachedConnections()
+
+    def _default_http(self, upstream: Upstream) -> HTTPClient:
+        policy: IPolicyForHTTPS = (
+            _ExtraCAPolicy(upstream.ca_file) if upstream.ca_file else BrowserLikePolicyForHTTPS()
+        )
+        agent = Agent(self._reactor, contextFactory=policy, connectTimeout=self._connect_timeout, pool=self._pool)
+        return HTTPClient(agent)
+
+    def _http(self, upstream: Upstream) -> Any:
+        client = self._clients.get(upstream.host)
+        if client is None:
+            client = self._clients[upstream.host] = self._http_for(upstream)
+        return client
+
+    # -- the breaker ------------------------------------------------------------------------
+
+    def is_down(self, upstream: Upstream) -> bool:
+        """Was the upstream unreachable a moment ago (so do not wait on it again)?"""
+        until = self._down_until.get(upstream.host)
+        return until is not None and self._clock.seconds() < until
+
+    def _mark_down(self, upstream: Upstream, why: str) -> None:
+        if not self.is_down(upstream):
+            _log.warn(
+                "upstream {host} unreachable ({why}); serving from cache only for {seconds}s",
+                host=upstream.host,
+                why=why,
+                seconds=self._down_for,
+            )
+        self._down_until[upstream.host] = self._clock.seconds() + self._down_for
+
+    # -- requests ---------------------------------------------------------------------------
+
+    async def _send(self, upstream: Upstream, method: str, url: str, headers: Mapping[str, str], unbuffered: bool) -> IResponse:
+        if self.is_down(upstream):
+            raise UpstreamUnavailable(f"upstream {upstream.host} is unreachable (retrying in a few seconds)")
+        if not upstream.listed:
+            # Hosts proxied only through any_registry must not lead trow into private networks.
+            await self._refuse_private(upstream, urlsplit(url).hostname or "")
+        try:
+            response: IResponse = await self._http(upstream).request(
+                method,
+                url,
+                headers={k: [v] for k, v in headers.items()},
+                unbuffered=unbuffered,
+                allow_redirects=False,
+                timeout=self._response_timeout,
+            )
+        except _NETWORK_ERRORS as e:
+            self._mark_down(upstream, f"{type(e).__name__}: {e}")
+            raise UpstreamUnavailable(f"upstream {upstream.host} is unreachable: {e}") from None
+        self._down_until.pop(upstream.host, None)
+        return response
+
+    async def _refuse_private(self, upstream: Upstream, hostname: str) -> None:
+        address = hostname.strip("[]")
+        if not _is_ip(address):
+            try:
+                address = await self._reactor.resolve(hostname)
+            except Exception:
+                return  # the request itself fails with a DNS error
+        if is_private_address(address):
+            raise UpstreamStatus(
+                403, f"refusing to proxy {upstream.host}: it resolves to a non-public address ({address})"
+            )
+
+    async def request(
+        self,
+        name: ProxiedName,
+        method: str,
+        path: str,
+        headers: Mapping[str, str] | None = None,
+        unbuffered: bool = False,
+        scope_action: str = "pull",
+    ) -> IResponse:
+        """Send a request for C{/v2/<repo>/<path>} with auth and redirects handled.
+
+        Returns the final response whatever its status; raises L{UpstreamUnavailable} when the
+        upstream cannot be reached.
+        """
+        upstream = name.upstream
+        url = f"{upstream.base_url}/v2/{name.repo}/{path}"
+        scope = f"repository:{name.repo}:{scope_action}"
+        credentials = upstream.credentials_for(name.repo)
+        sent = dict(headers or {})
+        token_key = (upstream.host, scope, (credentials.username or "") if credentials else "")
+        cached = self._tokens.get(token_key)
+        if cached and cached[1] > self._clock.seconds():
+            sent["Authorization"] = f"Bearer {cached[0]}"
+        response = await self._send(upstream, method, url, sent, unbuffered)
+        if response.code == 401:
+            challenge = (response.headers.getRawHeaders("www-authenticate") or [""])[0]
+            authorization = await self._authorize(upstream, challenge, scope, credentials, token_key)
+            if authorization is not None:
+                await _discard(response)
+                sent["Authorization"] = authorization
+                response = await self._send(upstream, method, url, sent, unbuffered)
+        for _ in range(5):
+            if response.code not in (301, 302, 303, 307, 308):
+                break
+            location = (response.headers.getRawHeaders("location") or [""])[0]
+            if not location:
+                break
+            await _discard(response)
+            target = urljoin(url, location)
+            if urlsplit(target).netloc != urlsplit(url).netloc:
+                # Storage redirects (S3, CDNs) carry their own signature: never our credentials.
+                sent.pop("Authorization", None)
+            url = target
+            response = await self._send(upstream, method if response.code in (307, 308) else "GET", url, sent, unbuffered)
+        return response
+
+    async def _authorize(
+        self,
+        upstream: Upstream,
+        challenge: str,
+        scope: str,
+        credentials: Any,
+        token_key: tuple[str, str, str],
+    ) -> str | None:
+        scheme, params = parse_challenge(challenge)
+        if scheme == "basic":
+            if credentials is None:
+                return None
+            raw = f"{credentials.username}:{credentials.password or ''}".encode()
+            return "Basic " + base64.b64encode(raw).decode()
+        if scheme != "bearer" or "realm" not in params:
+            return None
+        realm = params["realm"]
+        realm_host = urlsplit(realm).netloc
+        query = {"scope": params.get("scope", scope)}
+        if "service" in params:
+            query["service"] = params["service"]
+        headers: dict[str, str] = {}
+        if credentials is not None:
+            if same_domain(realm_host, upstream.host) or same_domain(realm_host, urlsplit(upstream.base_url).netloc):
+                raw = f"{credentials.username}:{credentials.password or ''}".encode()
+                headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
+            else:
+                _log.warn(
+                    "upstream {host} sent a token realm outside its domain ({realm}); asking it anonymously",
+                    host=upstream.host,
+                    realm=realm_host,
+                )
+        token_url = realm + ("&" if "?" in realm else "?") + urlencode(query)
+        response = await self._send(upstream, "GET", token_url, headers, unbuffered=False)
+        body = await treq.content(response)
+        if response.code != 200:
+            raise UpstreamStatus(
+                response.code, f"token service of {upstream.host} refused us ({response.code})"
+            )
+        try:
+            document = json.loads(body)
+            token = document.get("token") or document.get("access_token")
+            expires_in = float(document.get("expires_in") or 60)
+        except (ValueError, AttributeError, TypeError):
+            raise UpstreamStatus(502, f"token service of {upstream.host} sent no usable token") from None
+        if not token:
+            raise UpstreamStatus(502, f"token service of {upstream.host} sent no token")
+        # Refresh a little early, so a token never expires between check and use.
+        self._tokens[token_key] = (token, self._clock.seconds() + max(expires_in - 10, 1))
+        return f"Bearer {token}"
+
+    # -- manifests --------------------------------------------------------------------------
+
+    async def head_manifest(self, name: ProxiedName, reference: str) -> ManifestHead:
+        """The digest the upstream has for a tag (one HEAD, which Docker Hub does not count)."""
+        response = await self.request(name, "HEAD", f"manifests/{reference}", {"Accept": MANIFEST_ACCEPT})
+        await _discard(response)
+        _raise_for_status(response, name, reference)
+        digest = _header(response, "docker-content-digest")
+        length = _header(response, "content-length")
+        return ManifestHead(digest, _media_type(response), int(length) if length and length.isdigit() else None)
+
+    async def get_manifest(self, name: ProxiedName, reference: str, max_size: int) -> tuple[bytes, str | None, str | None]:
+        """The manifest bytes, media type and the upstream's digest header."""
+        response = await self.request(name, "GET", f"manifests/{reference}", {"Accept": MANIFEST_ACCEPT})
+        if response.code != 200:
+            await _discard(response)
+            _raise_for_status(response, name, reference)
+        length = _header(response, "content-length")
+        if length and length.isdigit() and int(length) > max_size:
+            await _discard(response)
+            raise UpstreamStatus(502, f"upstream manifest {reference} is larger than the {max_size} byte limit")
+        body = await treq.content(response)
+        if len(body) > max_size:
+            raise UpstreamStatus(502, f"upstream manifest {reference} is larger than the {max_size} byte limit")
+        return body, _media_type(response), _header(response, "docker-content-digest")
+
+    async def get_blob(self, name: ProxiedName, digest: str, offset: int = 0) -> IResponse:
+        """Start a blob download (from C{offset}, with C{Range}); the body is not read yet."""
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        response = await self.request(name, "GET", f"blobs/{digest}", headers, unbuffered=True)
+        if response.code not in (200, 206):
+            await _discard(response)
+            _raise_for_status(response, name, digest)
+        return response
+
+
+def _header(response: IResponse, name: str) -> str | None:
+    values = response.headers.getRawHeaders(name)
+    if not values:
+        return None
+    value = values[0]
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+def _media_type(response: IResponse) -> str | None:
+    value = _header(response, "content-type")
+    return value.split(";", 1)[0].strip() if value else None
+
+
+def _raise_for_status(response: IResponse, name: ProxiedName, reference: str) -> None:
+    if 200 <= response.code < 300:
+        return
+    raise UpstreamStatus(
+        response.code,
+        f"upstream {name.upstream.host} answered {response.code} for {name.repo}:{reference}",
+    )
+
+
+async def _discard(response: IResponse) -> None:
+    """Read and drop a body, so the pooled connection can be reused."""
+    try:
+        await treq.content(response)
+    except Exception:
+        pass

@@ -16,6 +16,7 @@ import attrs
 from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.interfaces import IConsumer
 
+from trow.registry.cache import ManifestCache
 from trow.registry.errors import RegistryError
 from trow.registry.manifests import OCI_INDEX, ParsedManifest, accepts, parse_manifest
 from trow.registry.names import Digest, check_name, check_tag, is_digest, is_tag
@@ -159,6 +160,7 @@ class Registry:
         self.metadata = metadata
         self.max_manifest_size = max_manifest_size
         self._upload_locks: dict[str, DeferredLock] = {}
+        self._cache = ManifestCache()
 
     # -- pull -------------------------------------------------------------------------------
 
@@ -179,17 +181,23 @@ class Registry:
 
     async def get_manifest(self, repo: str, reference: str, accept: list[str]) -> Manifest:
         """The manifest for a tag or digest, byte-exact, if the client accepts its media type."""
-        record = await self._find_manifest(repo, reference)
-        if not accepts(accept, record.media_type):
+        manifest = self._cache.get(repo, reference) if is_digest(reference) else None
+        if manifest is None:
+            record = await self._find_manifest(repo, reference)
+            manifest = self._cache.get(repo, record.digest)
+            if manifest is None:
+                content = await self.blobs.read_bytes(Digest.parse(record.digest))
+                if content is None:
+                    raise RegistryError("MANIFEST_UNKNOWN", f"manifest {record.digest} content is missing from the store")
+                manifest = Manifest(record, content)
+                self._cache.put(manifest)
+        if not accepts(accept, manifest.record.media_type):
             raise RegistryError(
                 "MANIFEST_UNKNOWN",
-                f"manifest {reference} is {record.media_type}, which the request's Accept header does not include",
-                {"mediaType": record.media_type},
+                f"manifest {reference} is {manifest.record.media_type}, which the request's Accept header does not include",
+                {"mediaType": manifest.record.media_type},
             )
-        content = await self.blobs.read_bytes(Digest.parse(record.digest))
-        if content is None:
-            raise RegistryError("MANIFEST_UNKNOWN", f"manifest {record.digest} content is missing from the store")
-        return Manifest(record, content)
+        return manifest
 
     async def blob_source(self, repo: str, reference: str) -> BlobSource:
         """Where to stream a blob visible in C{repo} from."""
@@ -504,6 +512,7 @@ class Registry:
         if is_digest(reference):
             digest = Digest.parse(reference)
             gone = await self.metadata.delete_manifest(repo, str(digest))
+            self._cache.discard(repo, str(digest))
         else:
             check_tag(reference)
             gone = await self.metadata.delete_tag(repo, reference)

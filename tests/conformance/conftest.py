@@ -8,7 +8,8 @@ test against both:
 - C{memory}: a trow built by L{tests.unit.harness.make_trow} on a fresh data dir, driven through
   the harness's StubTreq client. Always runs. Bodies always travel with a Content-Length.
 - C{live}: a running registry at C{TROW_CONFORMANCE_URL} (for example
-  C{http://127.0.0.1:8000}), spoken to with C{http.client}. Skipped when the variable is unset.
+  C{http://127.0.0.1:8000}), or else a real C{twistd -n trow} process started for the session,
+  spoken to with C{http.client}.
   It can also send C{Transfer-Encoding: chunked} bodies, as the newer conformance suite does for
   manifest PUTs and streamed PATCHes.
 
@@ -527,8 +528,29 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     live = os.environ.get(LIVE_URL_VARIABLE)
     return [
         f"conformance: seed {_SEED} (set {SEED_VARIABLE} to replay)",
-        f"conformance: live target {live}" if live else f"conformance: live target off ({LIVE_URL_VARIABLE} unset)",
+        f"conformance: live target {live}" if live else "conformance: live target is a twistd trow started for the run",
     ]
+
+
+@pytest.fixture(scope="session")
+def live_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The live registry: C{TROW_CONFORMANCE_URL} if set, else a real C{twistd -n trow} process
+    (the installed trow, as CI installs it) started for this session."""
+    url = os.environ.get(LIVE_URL_VARIABLE)
+    if url:
+        yield url
+        return
+    if shutil.which("twistd") is None:
+        pytest.skip(f"no twistd to start a live trow, and {LIVE_URL_VARIABLE} is not set")
+    from tests.integration.conftest import TrowProcess
+
+    process = TrowProcess(tmp_path_factory.mktemp("conformance-trow"))
+    try:
+        process.start()
+        yield f"http://127.0.0.1:{process.port}"
+        process.stop_cleanly()
+    finally:
+        process.close()
 
 
 @pytest.fixture(params=["memory", "live"])
@@ -547,10 +569,7 @@ def target(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Target]:
             if base != str(tmp_path):
                 shutil.rmtree(base, ignore_errors=True)
         return
-    url = os.environ.get(LIVE_URL_VARIABLE)
-    if not url:
-        pytest.skip(f"{LIVE_URL_VARIABLE} is not set: no live registry to test")
-    live = LiveTarget(url)
+    live = LiveTarget(request.getfixturevalue("live_url"))
     try:
         yield live
     finally:

@@ -50,14 +50,19 @@ class ManualWorker:
         return d
 
     def step(self) -> None:
-        """Run the oldest queued call and fire its Deferred."""
-        f, args, d = self.queue.pop(0)
-        try:
-            result = f(*args)
-        except BaseException:
-            d.errback(Failure())
-        else:
-            d.callback(result)
+        """Run every call queued so far, oldest first, and fire their Deferreds.
+
+        A writer queues a batch as two calls at once (write and hash), so one step is one batch;
+        calls queued by the callbacks wait for the next step.
+        """
+        current, self.queue = self.queue, []
+        for f, args, d in current:
+            try:
+                result = f(*args)
+            except BaseException:
+                d.errback(Failure())
+            else:
+                d.callback(result)
 
 
 @implementer(IPushProducer)
@@ -375,15 +380,15 @@ def test_writer_keeps_order_across_batches(tmp_path: Path) -> None:
         writer.write(b"one ")
         writer.write(b"two ")
         writer.write(b"three")
-        assert len(worker.queue) == 1  # only one batch in flight
+        assert len(worker.queue) == 2  # one batch in flight: its write and its hash
         worker.step()
-        assert len(worker.queue) == 1  # the two queued chunks go as the next batch
+        assert len(worker.queue) == 2  # the two queued chunks go as the next batch
         worker.step()
         assert worker.queue == []
     assert (tmp_path / "out").read_bytes() == b"one two three"
     assert writer.hashers[0].hexdigest() == hashlib.sha256(b"one two three").hexdigest()
     assert writer.size == len(b"one two three")
-    assert worker.calls == 2
+    assert worker.calls == 4
 
 
 def test_writer_ignores_empty_writes() -> None:

@@ -154,7 +154,8 @@ class ProxyRegistry:
             size = await download.wait_size()
         except (UpstreamUnavailable, UpstreamStatus) as e:
             raise upstream_error(e, "BLOB_UNKNOWN", f"blob {digest} of {proxied.repo}") from None
-        return BlobSource(digest, size, lambda offset, length: TeeReader(download, offset, length))
+        final = self.local.blobs.path(digest)
+        return BlobSource(digest, size, lambda offset, length: TeeReader(download, offset, length, final))
 
     # -- discovery: what is cached ----------------------------------------------------------
 

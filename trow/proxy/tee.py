@@ -66,6 +66,8 @@ class Download:
         self.path = blobs.temp_path("proxy")
         self.size: int | None = None
         self.available = 0
+        # verified: every byte is in the file and checked; complete: committed to the blob store.
+        self.verified = False
         self.complete = False
         self.failure: Failure | None = None
         self._sized: list[Deferred[int]] = []
@@ -162,11 +164,15 @@ class Download:
             raise DownloadFailed(
                 f"upstream content for {self.digest} hashes to {self.digest.algorithm}:{actual}; discarded"
             )
+        # The bytes are right: readers may finish now, while the file is made durable (the fsync
+        # of a large blob takes seconds, and a client has no reason to wait for it).
+        self.verified = True
+        self._notify()
         await self._blobs.commit(self.path, self.digest)
-        for repo in sorted(self.repos):
-            await self._metadata.link_blob(repo, str(self.digest))
         # Readers keep reading the file they opened; new readers open the committed blob.
         self.path = self._blobs.path(self.digest)
+        for repo in sorted(self.repos):
+            await self._metadata.link_blob(repo, str(self.digest))
         self.complete = True
         _log.info("cached {digest} ({size} bytes) from {host}", digest=str(self.digest), size=self.size, host=self.name.upstream.host)
         self._finish()
@@ -176,7 +182,14 @@ class Download:
         self._notify()
 
     def _fail(self, failure: Failure) -> None:
-        if self.failure is None and not self.complete:
+        if self.verified and not self.complete:
+            # Verified bytes that could not be stored (disk full...): the readers still got them
+            # right, the cache just does not keep them.
+            _log.failure("verified download of {digest} could not be stored", failure, digest=str(self.digest))
+            if self.path != self._blobs.path(self.digest):
+                discard_file(self.path)
+            self.complete = True
+        elif self.failure is None and not self.complete:
             self.failure = failure
             if not failure.check(DownloadFailed, UpstreamStatus, UpstreamUnavailable):
                 _log.failure("download of {digest} failed", failure, digest=str(self.digest))
@@ -275,11 +288,15 @@ class _BodyReceiver(Protocol):
 class TeeReader:
     """Streams C{length} bytes from C{offset} of a download's file to one client."""
 
-    def __init__(self, download: Download, offset: int, length: int) -> None:
+    def __init__(self, download: Download, offset: int, length: int, final_path: str) -> None:
         self._download = download
         self._position = offset
         self._end = offset + length  # exclusive
-        self._handle: IO[bytes] | None = open(download.path, "rb")
+        try:
+            self._handle: IO[bytes] | None = open(download.path, "rb")
+        except FileNotFoundError:
+            # Committed (renamed into the blob store) since we looked.
+            self._handle = open(final_path, "rb")
         self._consumer: IConsumer | None = None
         self._paused = False
         self._done: Deferred[None] = Deferred()
@@ -294,7 +311,7 @@ class TeeReader:
 
     def _limit(self) -> int:
         download = self._download
-        if download.complete:
+        if download.verified:
             return self._end
         # Hold back the blob's last byte until it is verified: a bad download must look truncated.
         available = download.available

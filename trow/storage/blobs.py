@@ -21,7 +21,7 @@ import shutil
 import uuid
 from typing import IO, Any, Callable, Iterable
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, FirstError, gatherResults, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -120,15 +120,22 @@ class HashingWriter:
             return
         batch, self._pending = self._pending, []
         self._busy = True
-        self._worker.run(self._write_batch, batch).addCallbacks(
+        # Writing and hashing a batch run at the same time on two workers: the slower of the two
+        # sets the pace, not their sum.
+        jobs = [self._worker.run(self._write_batch, batch)]
+        if self.hashers:
+            jobs.append(self._worker.run(self._hash_batch, batch))
+        gatherResults(jobs, consumeErrors=True).addCallbacks(
             self._batch_done, self._batch_failed, callbackArgs=(sum(map(len, batch)),)
         )
 
     def _write_batch(self, batch: list[bytes]) -> None:
         for chunk in batch:
             self._handle.write(chunk)
-        # Flushed before the hashing, so readers of the file see these bytes as soon as possible.
+        # Flushed at once, so readers of the file see these bytes as soon as the batch is done.
         self._handle.flush()
+
+    def _hash_batch(self, batch: list[bytes]) -> None:
         for chunk in batch:
             for hasher in self.hashers:
                 hasher.update(chunk)
@@ -148,6 +155,8 @@ class HashingWriter:
 
     def _batch_failed(self, failure: Failure) -> None:
         self._busy = False
+        if isinstance(failure.value, FirstError):
+            failure = failure.value.subFailure
         self._failure = failure
         self._pending = []
         self._pending_bytes = 0

@@ -22,6 +22,8 @@ setup(
         "pyopenssl>=24",
         "service-identity>=24",
         "pyyaml>=6",
+        # The public suffix list, bundled: whether a token realm is in an upstream's own domain.
+        "publicsuffixlist>=1.0",
     ],
     extras_require={
         "test": [

@@ -48,6 +48,9 @@ _ROUTES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^(?P<name>.+)/referrers/(?P<digest>[^/]+)$"), "referrers"),
 ]
 
+# What a client may read from a cache repository (uploads are writes, whatever the method).
+_CACHE_READS = {"manifest", "blob", "tags", "referrers"}
+
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -128,7 +131,7 @@ class RegistryAPI:
                     handler = getattr(self, f"_{kind}_get", None)
                 if handler is None:
                     handler = self._unsupported(method, kind)
-                return self._handle(request, handler, routed=True, **match.groupdict())
+                return self._handle(request, handler, routed=kind, **match.groupdict())
         return self._handle(request, self._unknown_path)
 
     def _route(self, request: IRequest, name: str) -> tuple[Any, str]:
@@ -140,7 +143,7 @@ class RegistryAPI:
         return self.registry, name
 
     def _handle(
-        self, request: IRequest, handler: Callable[..., Awaitable[Any]], routed: bool = False, **kwargs: Any
+        self, request: IRequest, handler: Callable[..., Awaitable[Any]], routed: str | None = None, **kwargs: Any
     ) -> "Deferred[Any]":
         request.setHeader(*API_VERSION_HEADER)
 
@@ -148,7 +151,9 @@ class RegistryAPI:
             try:
                 if routed:
                     kwargs["registry"], kwargs["name"] = self._route(request, kwargs["name"])
-                    if kwargs["registry"] is self.proxy and request.method not in (b"GET", b"HEAD"):
+                    if kwargs["registry"] is self.proxy and (
+                        request.method not in (b"GET", b"HEAD") or routed not in _CACHE_READS
+                    ):
                         raise self.proxy.read_only(kwargs["name"])
                 return await handler(request, **kwargs)
             except RegistryError as e:

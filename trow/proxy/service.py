@@ -12,7 +12,7 @@ from __future__ import annotations
 from twisted.logger import Logger
 
 from trow.proxy.names import PREFIX, ProxiedName, UpstreamDirectory
-from trow.proxy.tee import Fetcher, TeeReader
+from trow.proxy.tee import DownloadFailed, Fetcher, TeeReader
 from trow.proxy.upstream import UpstreamClient, UpstreamStatus, UpstreamUnavailable
 from trow.registry.errors import RegistryError
 from trow.registry.manifests import parse_manifest
@@ -20,6 +20,17 @@ from trow.registry.names import Digest, check_name, is_digest, is_tag
 from trow.registry.service import BlobSource, Manifest, Page, Registry
 
 _log = Logger()
+
+
+def _digest_or_none(value: str | None) -> Digest | None:
+    """An upstream's digest header, or None if it is missing or malformed (then trow hashes)."""
+    if not value:
+        return None
+    try:
+        return Digest.parse(value)
+    except RegistryError:
+        _log.warn("ignoring a malformed digest header from an upstream: {value!r}", value=value[:200])
+        return None
 
 
 def upstream_error(error: Exception, unknown_code: str, what: str) -> RegistryError:
@@ -85,7 +96,10 @@ class ProxyRegistry:
             if await self.local.metadata.get_manifest(name, str(digest)) is None:
                 if self.offline:
                     raise RegistryError("MANIFEST_UNKNOWN", f"{reference} is not cached and trow is offline")
-                await self._fetch_manifest(proxied, str(digest), digest, tag=None)
+                try:
+                    await self._fetch_manifest(proxied, str(digest), digest, tag=None)
+                except (UpstreamUnavailable, UpstreamStatus) as e:
+                    raise upstream_error(e, "MANIFEST_UNKNOWN", f"{proxied.repo}@{reference}") from None
             return await self.local.get_manifest(name, reference, accept)
         if not is_tag(reference):
             raise RegistryError("MANIFEST_UNKNOWN", f"manifest {reference} is not in repository {name}")
@@ -93,46 +107,43 @@ class ProxyRegistry:
             return await self.local.get_manifest(name, reference, accept)
         try:
             head = await self.upstream.head_manifest(proxied, reference)
+            known = _digest_or_none(head.digest)
+            if known is not None and await self.local.metadata.get_manifest(name, str(known)):
+                await self.local.metadata.put_tag(name, reference, str(known))
+                return await self.local.get_manifest(name, str(known), accept)
+            await self._fetch_manifest(proxied, str(known) if known else reference, known, tag=reference)
         except (UpstreamUnavailable, UpstreamStatus) as e:
+            what = f"{proxied.repo}:{reference}"
             if isinstance(e, UpstreamStatus) and e.status in (401, 403, 404):
-                raise upstream_error(e, "MANIFEST_UNKNOWN", f"{proxied.repo}:{reference}") from None
-            # Upstream down, failing or rate-limiting: the cached tag is the best answer.
+                raise upstream_error(e, "MANIFEST_UNKNOWN", what) from None
+            # Upstream down, failing, rate-limiting or sending garbage: the cached tag is the
+            # best answer (Docker Hub rate-limits the GET after a free HEAD, for one).
             try:
                 return await self.local.get_manifest(name, reference, accept)
             except RegistryError as cached_error:
                 if cached_error.code != "MANIFEST_UNKNOWN":
                     raise
-            raise upstream_error(e, "MANIFEST_UNKNOWN", f"{proxied.repo}:{reference}") from None
-        upstream_digest = Digest.parse(head.digest) if head.digest else None
-        if upstream_digest is not None and await self.local.metadata.get_manifest(name, str(upstream_digest)):
-            await self.local.metadata.put_tag(name, reference, str(upstream_digest))
-            return await self.local.get_manifest(name, str(upstream_digest), accept)
-        fetch = str(upstream_digest) if upstream_digest else reference
-        await self._fetch_manifest(proxied, fetch, upstream_digest, tag=reference)
+            raise upstream_error(e, "MANIFEST_UNKNOWN", what) from None
         return await self.local.get_manifest(name, reference, accept)
 
     async def _fetch_manifest(self, proxied: ProxiedName, reference: str, digest: Digest | None, tag: str | None) -> None:
-        """GET a manifest from the upstream, verify it, and store it byte-exact."""
-        what = f"{proxied.repo}:{tag}" if tag else f"{proxied.repo}@{reference}"
-        try:
-            content, media_type, header_digest = await self.upstream.get_manifest(
-                proxied, reference, self.local.max_manifest_size
-            )
-        except (UpstreamUnavailable, UpstreamStatus) as e:
-            raise upstream_error(e, "MANIFEST_UNKNOWN", what) from None
-        if digest is None and header_digest:
-            digest = Digest.parse(header_digest)
+        """GET a manifest from the upstream, verify it, and store it byte-exact.
+
+        Raises L{UpstreamUnavailable} or L{UpstreamStatus} (502 for content that does not check
+        out), for the caller to fall back on the cache or turn into a client error.
+        """
+        content, media_type, header_digest = await self.upstream.get_manifest(
+            proxied, reference, self.local.max_manifest_size
+        )
+        if digest is None:
+            digest = _digest_or_none(header_digest)
         actual = Digest.of(content, digest.algorithm if digest else "sha256")
         if digest is not None and actual != digest:
-            raise RegistryError(
-                "UNAVAILABLE",
-                f"upstream sent a manifest for {what} that hashes to {actual}, not {digest}; not cached",
-                status=502,
-            )
+            raise UpstreamStatus(502, f"the upstream sent a manifest that hashes to {actual}, not {digest}")
         try:
             parsed = parse_manifest(content, media_type)
         except RegistryError as e:
-            raise RegistryError("UNAVAILABLE", f"upstream sent an unusable manifest for {what}: {e.message}", status=502) from None
+            raise UpstreamStatus(502, f"the upstream sent an unusable manifest: {e.message}") from None
         await self.local.store_manifest(proxied.cache_repo, content, parsed, actual, [tag] if tag else [])
 
     # -- blobs ------------------------------------------------------------------------------
@@ -154,6 +165,8 @@ class ProxyRegistry:
             size = await download.wait_size()
         except (UpstreamUnavailable, UpstreamStatus) as e:
             raise upstream_error(e, "BLOB_UNKNOWN", f"blob {digest} of {proxied.repo}") from None
+        except DownloadFailed as e:
+            raise upstream_error(UpstreamStatus(502, str(e)), "BLOB_UNKNOWN", f"blob {digest} of {proxied.repo}") from None
         final = self.local.blobs.path(digest)
         return BlobSource(digest, size, lambda offset, length: TeeReader(download, offset, length, final))
 

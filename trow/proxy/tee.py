@@ -237,8 +237,13 @@ def _range_total(response: IResponse) -> int | None:
         return None
 
 
+@implementer(IPushProducer)
 class _BodyReceiver(Protocol):
-    """Feeds an upstream body into the download's writer, pausing the upstream when it is ahead."""
+    """Feeds an upstream body into the download's writer, pausing the upstream when it is ahead.
+
+    It is the writer's producer itself, so that the idle timer only runs while trow is reading:
+    an upstream that trow paused is not idle.
+    """
 
     def __init__(self, writer: HashingWriter, clock: IReactorTime, idle_timeout: float, skip: int) -> None:
         self._writer = writer
@@ -250,12 +255,34 @@ class _BodyReceiver(Protocol):
         self.done: Deferred[None] = Deferred()
         self.reason: Failure = Failure(ResponseDone())
         self._idle: IDelayedCall | None = None
+        self._paused = False
 
     def connectionMade(self) -> None:
-        self._writer.set_producer(self.transport)  # type: ignore[arg-type]
+        self._writer.set_producer(self)
         self._arm()
 
+    def pauseProducing(self) -> None:
+        self._paused = True
+        self._disarm()
+        self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._arm()
+        self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    def stopProducing(self) -> None:
+        self._disarm()
+        self.transport.stopProducing()  # type: ignore[union-attr]
+
+    def _disarm(self) -> None:
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._idle = None
+
     def _arm(self) -> None:
+        if self._paused:
+            return
         if self._idle is not None and self._idle.active():
             self._idle.reset(self._idle_timeout)
         else:
@@ -277,8 +304,7 @@ class _BodyReceiver(Protocol):
         self._writer.write(data)
 
     def connectionLost(self, reason: Failure = ResponseDone()) -> None:  # type: ignore[assignment]
-        if self._idle is not None and self._idle.active():
-            self._idle.cancel()
+        self._disarm()
         self._writer.set_producer(None)
         self.reason = reason
         self.done.callback(None)

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import re
 import socket
@@ -20,9 +21,14 @@ from urllib.parse import urlencode, urljoin, urlsplit
 
 import attrs
 import treq
+from publicsuffixlist import PublicSuffixList
 from treq.client import HTTPClient
 from twisted.internet import error as net_error
-from twisted.internet.defer import CancelledError, TimeoutError as DeferredTimeout
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError as DeferredTimeout
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
 from twisted.logger import Logger
@@ -83,17 +89,30 @@ def same_domain(realm_host: str, upstream_host: str) -> bool:
     """Is a token realm inside the upstream's own domain (so credentials may go there)?
 
     Registries put their token service on a sibling host (registry-1.docker.io uses
-    auth.docker.io): both must share the last two DNS labels. IP addresses must match exactly.
+    auth.docker.io): both must have the same registrable domain by the public suffix list, so
+    registry.example.co.uk and auth.attacker.co.uk do not match. IP addresses must be equal.
     """
-    realm_host = realm_host.lower().split(":")[0]
-    upstream_host = upstream_host.lower().split(":")[0]
+    realm_host = _bare_host(realm_host)
+    upstream_host = _bare_host(upstream_host)
     if realm_host == upstream_host:
         return True
     if _is_ip(realm_host) or _is_ip(upstream_host):
         return False
-    realm_labels = realm_host.split(".")
-    upstream_labels = upstream_host.split(".")
-    return len(realm_labels) >= 2 and len(upstream_labels) >= 2 and realm_labels[-2:] == upstream_labels[-2:]
+    realm_domain = _suffixes().privatesuffix(realm_host)
+    return realm_domain is not None and realm_domain == _suffixes().privatesuffix(upstream_host)
+
+
+def _bare_host(host: str) -> str:
+    host = host.lower()
+    if host.startswith("["):
+        return host.split("]", 1)[0].strip("[")
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+@functools.lru_cache(maxsize=1)
+def _suffixes() -> PublicSuffixList:
+    # Loading the bundled list takes a moment: once per process, on first use.
+    return PublicSuffixList()
 
 
 def _is_ip(host: str) -> bool:
@@ -180,7 +199,7 @@ class UpstreamClient:
 
     # -- requests ---------------------------------------------------------------------------
 
-    async def _send(self, upstream: Upstream, method: str, url: str, headers: Mapping[str, str], unbuffered: bool) -> IResponse:
+    async def _send(self, upstream: Upstream, method: str, url: str, headers: Mapping[str, str]) -> IResponse:
         if self.is_down(upstream):
             raise UpstreamUnavailable(f"upstream {upstream.host} is unreachable (retrying in a few seconds)")
         if not upstream.listed:
@@ -191,9 +210,11 @@ class UpstreamClient:
                 method,
                 url,
                 headers={k: [v] for k, v in headers.items()},
-                unbuffered=unbuffered,
+                # Bodies are read by our own bounded readers, never buffered whole by treq.
+                unbuffered=True,
                 allow_redirects=False,
                 timeout=self._response_timeout,
+                reactor=self._reactor,
             )
         except _NETWORK_ERRORS as e:
             self._mark_down(upstream, f"{type(e).__name__}: {e}")
@@ -219,7 +240,6 @@ class UpstreamClient:
         method: str,
         path: str,
         headers: Mapping[str, str] | None = None,
-        unbuffered: bool = False,
         scope_action: str = "pull",
     ) -> IResponse:
         """Send a request for C{/v2/<repo>/<path>} with auth and redirects handled.
@@ -236,27 +256,30 @@ class UpstreamClient:
         cached = self._tokens.get(token_key)
         if cached and cached[1] > self._clock.seconds():
             sent["Authorization"] = f"Bearer {cached[0]}"
-        response = await self._send(upstream, method, url, sent, unbuffered)
+        response = await self._send(upstream, method, url, sent)
         if response.code == 401:
             challenge = (response.headers.getRawHeaders("www-authenticate") or [""])[0]
             authorization = await self._authorize(upstream, challenge, scope, credentials, token_key)
             if authorization is not None:
-                await _discard(response)
+                _discard(response)
                 sent["Authorization"] = authorization
-                response = await self._send(upstream, method, url, sent, unbuffered)
+                response = await self._send(upstream, method, url, sent)
         for _ in range(5):
             if response.code not in (301, 302, 303, 307, 308):
                 break
             location = (response.headers.getRawHeaders("location") or [""])[0]
             if not location:
                 break
-            await _discard(response)
+            _discard(response)
             target = urljoin(url, location)
-            if urlsplit(target).netloc != urlsplit(url).netloc:
-                # Storage redirects (S3, CDNs) carry their own signature: never our credentials.
+            if urlsplit(target)[:2] != urlsplit(url)[:2]:
+                # Storage redirects (S3, CDNs) carry their own signature: never our credentials,
+                # and never in clear text after an https -> http redirect.
                 sent.pop("Authorization", None)
+            if response.code == 303 and method != "HEAD":
+                method = "GET"
             url = target
-            response = await self._send(upstream, method if response.code in (307, 308) else "GET", url, sent, unbuffered)
+            response = await self._send(upstream, method, url, sent)
         return response
 
     async def _authorize(
@@ -292,8 +315,8 @@ class UpstreamClient:
                     realm=realm_host,
                 )
         token_url = realm + ("&" if "?" in realm else "?") + urlencode(query)
-        response = await self._send(upstream, "GET", token_url, headers, unbuffered=False)
-        body = await treq.content(response)
+        response = await self._send(upstream, "GET", token_url, headers)
+        body = await self._read_body(upstream, response, _MAX_TOKEN_RESPONSE)
         if response.code != 200:
             raise UpstreamStatus(
                 response.code, f"token service of {upstream.host} refused us ({response.code})"
@@ -315,7 +338,7 @@ class UpstreamClient:
     async def head_manifest(self, name: ProxiedName, reference: str) -> ManifestHead:
         """The digest the upstream has for a tag (one HEAD, which Docker Hub does not count)."""
         response = await self.request(name, "HEAD", f"manifests/{reference}", {"Accept": MANIFEST_ACCEPT})
-        await _discard(response)
+        _discard(response)
         _raise_for_status(response, name, reference)
         digest = _header(response, "docker-content-digest")
         length = _header(response, "content-length")
@@ -323,27 +346,93 @@ class UpstreamClient:
 
     async def get_manifest(self, name: ProxiedName, reference: str, max_size: int) -> tuple[bytes, str | None, str | None]:
         """The manifest bytes, media type and the upstream's digest header."""
-        response = await self.request(name, "GET", f"manifests/{reference}", {"Accept": MANIFEST_ACCEPT})
+        response = await self.request(
+            name, "GET", f"manifests/{reference}", {"Accept": MANIFEST_ACCEPT}
+        )
         if response.code != 200:
-            await _discard(response)
+            _discard(response)
             _raise_for_status(response, name, reference)
-        length = _header(response, "content-length")
-        if length and length.isdigit() and int(length) > max_size:
-            await _discard(response)
-            raise UpstreamStatus(502, f"upstream manifest {reference} is larger than the {max_size} byte limit")
-        body = await treq.content(response)
-        if len(body) > max_size:
-            raise UpstreamStatus(502, f"upstream manifest {reference} is larger than the {max_size} byte limit")
+        body = await self._read_body(name.upstream, response, max_size)
         return body, _media_type(response), _header(response, "docker-content-digest")
+
+    async def _read_body(self, upstream: Upstream, response: IResponse, max_size: int) -> bytes:
+        """Read a small body whole: at most C{max_size} bytes, within the response timeout."""
+        if isinstance(response.length, int) and response.length > max_size:
+            response.deliverBody(_Discard())
+            raise UpstreamStatus(502, f"upstream {upstream.host} sent {response.length} bytes, more than the {max_size} allowed")
+        reader = _LimitedBody(max_size)
+        response.deliverBody(reader)
+        timer = self._clock.callLater(self._response_timeout, reader.give_up)
+        try:
+            return await reader.done
+        except _TooLarge:
+            raise UpstreamStatus(502, f"upstream {upstream.host} sent more than the {max_size} bytes allowed") from None
+        except _NETWORK_ERRORS + (_BodyTimeout,) as e:
+            raise UpstreamUnavailable(f"upstream {upstream.host} broke off a response: {e}") from None
+        finally:
+            if timer.active():
+                timer.cancel()
 
     async def get_blob(self, name: ProxiedName, digest: str, offset: int = 0) -> IResponse:
         """Start a blob download (from C{offset}, with C{Range}); the body is not read yet."""
         headers = {"Range": f"bytes={offset}-"} if offset else {}
-        response = await self.request(name, "GET", f"blobs/{digest}", headers, unbuffered=True)
+        response = await self.request(name, "GET", f"blobs/{digest}", headers)
         if response.code not in (200, 206):
-            await _discard(response)
+            _discard(response)
             _raise_for_status(response, name, digest)
         return response
+
+
+_MAX_TOKEN_RESPONSE = 1 << 20
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _BodyTimeout(Exception):
+    def __str__(self) -> str:
+        return "no complete body within the response timeout"
+
+
+class _LimitedBody(Protocol):
+    """Collects a body up to a size limit; stops the transfer past it or when given up on."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._parts: list[bytes] = []
+        self._size = 0
+        self.done: Deferred[bytes] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.done.called:
+            return
+        self._size += len(data)
+        if self._size > self._limit:
+            self.done.errback(_TooLarge())
+            self.transport.stopProducing()  # type: ignore[union-attr]
+            return
+        self._parts.append(data)
+
+    def give_up(self) -> None:
+        if not self.done.called:
+            self.done.errback(_BodyTimeout())
+            self.transport.stopProducing()  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.done.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(b"".join(self._parts))
+        else:
+            self.done.errback(reason)
+
+
+class _Discard(Protocol):
+    """Drops a body (so the connection is closed or reused)."""
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
 
 
 def _header(response: IResponse, name: str) -> str | None:
@@ -368,9 +457,6 @@ def _raise_for_status(response: IResponse, name: ProxiedName, reference: str) ->
     )
 
 
-async def _discard(response: IResponse) -> None:
-    """Read and drop a body, so the pooled connection can be reused."""
-    try:
-        await treq.content(response)
-    except Exception:
-        pass
+def _discard(response: IResponse) -> None:
+    """Drop a body unread into memory (the pooled connection is reused once it has passed)."""
+    response.deliverBody(_Discard())

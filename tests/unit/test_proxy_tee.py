@@ -1,0 +1,506 @@
+"""The streaming tee: one upstream download per digest, read by every client as it lands on disk.
+
+The upstream is hand-driven (L{FakeBlobUpstream} answers with L{FakeResponse}s whose bodies the
+test delivers chunk by chunk), disk writes go through a L{GatedWorker} the test can hold, and time
+is a L{Clock}. Reference: section 5, "Blobs".
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterator
+
+import attrs
+import pytest
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from tests.unit.harness import Trow, result_of
+from tests.unit.proxy_fakes import (
+    BlobRequest,
+    FakeBlobUpstream,
+    FakeResponse,
+    GatedWorker,
+    failure_of,
+    full_response,
+    pending,
+    sha256,
+)
+from trow.config import ProxyConfig
+from trow.proxy.names import ProxiedName, UpstreamDirectory
+from trow.proxy.tee import RESUME_ATTEMPTS, Download, DownloadFailed, Fetcher, TeeReader
+from trow.proxy.upstream import UpstreamStatus
+from trow.registry.names import Digest
+from trow.storage.blobs import BlobStore
+
+DATA = bytes(range(48)) * 2  # 96 bytes
+DIGEST = Digest.parse(sha256(DATA))
+IDLE = 30.0
+
+
+
+def proxied(cache_name: str) -> ProxiedName:
+    name = UpstreamDirectory(ProxyConfig()).for_cache_name(cache_name)
+    assert name is not None
+    return name
+
+
+NGINX = proxied("f/docker.io/nginx")
+ALPINE = proxied("f/docker.io/alpine")
+GHCR = proxied("f/ghcr.io/org/tool")
+
+
+@attrs.define
+class Tee:
+    """A fetcher over a real blob store and metadata, a hand-driven upstream and a clock."""
+
+    trow: Trow
+    blobs: BlobStore
+    worker: GatedWorker
+    upstream: FakeBlobUpstream
+    clock: Clock
+    fetcher: Fetcher
+
+    def download(self, name: ProxiedName = NGINX, digest: Digest = DIGEST) -> Download:
+        return self.fetcher.get(name, digest)
+
+    def standalone(self, name: ProxiedName = NGINX, digest: Digest = DIGEST) -> Download:
+        """A download with a short idle timeout, started outside the fetcher."""
+        download = Download(
+            name, digest, self.blobs, self.trow.stores.metadata, self.upstream, self.clock, idle_timeout=IDLE  # type: ignore[arg-type]
+        )
+        download.start()
+        return download
+
+    def request(self, index: int = -1) -> BlobRequest:
+        return self.upstream.requests[index]
+
+    def cached(self, digest: Digest = DIGEST) -> bytes | None:
+        """The committed bytes of C{digest}, or None."""
+        handle = self.blobs.open(digest)
+        if handle is None:
+            return None
+        with handle:
+            return handle.read()
+
+    def linked(self, name: ProxiedName, digest: Digest = DIGEST) -> bool:
+        return bool(result_of(self.trow.stores.metadata.blob_linked(name.cache_repo, str(digest))))
+
+    def tmp_files(self) -> list[str]:
+        return os.listdir(self.blobs.tmp_root)
+
+    def read(self, download: Download, offset: int = 0, length: int | None = None) -> "Reading":
+        """Start a reader of C{length} bytes (default: to the end) at C{offset}."""
+        assert download.size is not None
+        length = download.size - offset if length is None else length
+        reader = TeeReader(download, offset, length, self.blobs.path(download.digest))
+        consumer = StringTransport()
+        done = reader.start(consumer)
+        return Reading(reader, consumer, done)
+
+
+@pytest.fixture
+def tee(trow: Trow) -> Iterator[Tee]:
+    worker = GatedWorker()
+    blobs = BlobStore(trow.root, worker)
+    upstream = FakeBlobUpstream()
+    clock = Clock()
+    fetcher = Fetcher(blobs, trow.stores.metadata, upstream, clock)  # type: ignore[arg-type]
+    yield Tee(trow, blobs, worker, upstream, clock, fetcher)
+
+
+@attrs.define
+class Reading:
+    """A TeeReader streaming into an in-memory consumer."""
+
+    reader: TeeReader
+    consumer: StringTransport
+    done: Any
+
+    @property
+    def received(self) -> bytes:
+        return bytes(self.consumer.value())
+
+
+def sized_response(tee: Tee, index: int = -1, size: int = len(DATA)) -> FakeResponse:
+    """Answer a blob request with a 200 of C{size} bytes whose body the test will send."""
+    return tee.request(index).respond(FakeResponse(200, size))
+
+
+# -- single flight ----------------------------------------------------------------------------
+
+
+def test_one_download_per_digest_however_many_gets(tee: Tee) -> None:
+    """Concurrent gets of one digest share one Download and one upstream request."""
+    first = tee.download()
+    assert all(tee.download() is first for _ in range(5))
+    assert len(tee.upstream.requests) == 1
+    assert tee.fetcher.started == 1
+
+
+def test_one_download_across_cache_repos_and_all_are_linked(tee: Tee) -> None:
+    """A digest wanted by several cache repositories, even of several upstreams, is downloaded
+    once, then linked into every one of them."""
+    download = tee.download(NGINX)
+    assert tee.download(ALPINE) is download
+    assert tee.download(GHCR) is download
+    assert len(tee.upstream.requests) == 1
+    tee.request(0).respond(full_response(DATA))
+    assert download.complete
+    assert tee.cached() == DATA
+    assert all(tee.linked(name) for name in (NGINX, ALPINE, GHCR))
+
+
+def test_finished_download_leaves_the_fetcher_and_a_new_get_starts_another(tee: Tee) -> None:
+    """Only running downloads are shared: after one ends (here: failed), the next get starts anew."""
+    first = tee.download()
+    tee.request(0).deferred.errback(UpstreamStatus(503, "busy"))
+    assert first.failure is not None
+    assert tee.fetcher.downloads == {}
+    second = tee.download()
+    assert second is not first
+    assert len(tee.upstream.requests) == 2
+
+
+def test_distinct_digests_download_separately(tee: Tee) -> None:
+    """Single flight is per digest, not per repository."""
+    other = Digest.parse(sha256(b"other"))
+    assert tee.download(NGINX, DIGEST) is not tee.download(NGINX, other)
+    assert len(tee.upstream.requests) == 2
+
+
+# -- readers follow the writer -----------------------------------------------------------------
+
+
+def test_readers_get_bytes_as_the_writer_reports_them_written(tee: Tee) -> None:
+    """Readers see only bytes that reached the file, as soon as the writer says they did."""
+    download = tee.download()
+    response = sized_response(tee)
+    reading = tee.read(download)
+    tee.worker.holding = True
+    response.write(DATA[:10])
+    assert reading.received == b"", "a reader got bytes that were not written yet"
+    tee.worker.release()
+    assert reading.received == DATA[:10]
+    tee.worker.holding = True
+    response.write(DATA[10:30])
+    assert reading.received == DATA[:10]
+    tee.worker.release()
+    assert reading.received == DATA[:30]
+    assert pending(reading.done)
+
+
+def test_reader_never_gets_the_last_byte_before_verification(tee: Tee) -> None:
+    """Even with every byte on disk, the last one waits until the digest checked out."""
+    download = tee.download()
+    response = sized_response(tee)
+    reading = tee.read(download)
+    response.write(DATA)
+    assert download.available == len(DATA)
+    assert reading.received == DATA[:-1]
+    assert pending(reading.done)
+    response.finish()
+    assert reading.received == DATA
+    assert result_of(reading.done) is None
+    assert tee.cached() == DATA
+
+
+def test_late_reader_reads_the_committed_blob(tee: Tee) -> None:
+    """A reader that starts after the download finished reads the committed blob to the end."""
+    download = tee.download()
+    tee.request().respond(full_response(DATA))
+    assert download.complete
+    reading = tee.read(download, 5)
+    assert reading.received == DATA[5:]
+    assert result_of(reading.done) is None
+
+
+@pytest.mark.parametrize("wrong", [b"X" + DATA[1:], DATA[:-1] + b"X"])
+def test_digest_mismatch_fails_discards_and_fails_readers(tee: Tee, wrong: bytes) -> None:
+    """Bytes that do not hash to the digest: the download fails, its temp file is deleted,
+    nothing is cached or linked, and readers fail without ever seeing a complete body."""
+    download = tee.download()
+    response = sized_response(tee)
+    reading = tee.read(download)
+    response.write(wrong)
+    response.finish()
+    assert len(reading.received) < len(DATA)
+    assert failure_of(reading.done).check(DownloadFailed)
+    assert download.failure is not None and download.failure.check(DownloadFailed)
+    assert tee.cached() is None
+    assert not tee.linked(NGINX)
+    assert tee.tmp_files() == []
+    assert tee.fetcher.downloads == {}
+
+
+def test_more_bytes_than_announced_fails_the_download(tee: Tee) -> None:
+    """An upstream sending more than its Content-Length (even if a prefix would verify) fails."""
+    download = tee.download()
+    response = sized_response(tee)
+    reading = tee.read(download)
+    response.write(DATA + b"extra")
+    response.finish()
+    assert failure_of(reading.done).check(DownloadFailed)
+    assert download.failure is not None
+    assert tee.cached() is None
+    assert tee.tmp_files() == []
+
+
+def test_body_that_keeps_ending_short_is_given_up(tee: Tee) -> None:
+    """A body that ends cleanly but short is resumed a bounded number of times, then the download
+    fails with nothing cached."""
+    download = tee.download()
+    first = sized_response(tee, 0)
+    first.write(DATA[:10])
+    first.finish()
+    for _ in range(RESUME_ATTEMPTS):
+        request = tee.request()
+        assert request.offset == 10
+        short = request.respond(FakeResponse(206, 0, {"Content-Range": f"bytes 10-{len(DATA) - 1}/{len(DATA)}"}))
+        short.finish()
+    assert len(tee.upstream.requests) == 1 + RESUME_ATTEMPTS
+    assert download.failure is not None and download.failure.check(DownloadFailed)
+    assert tee.cached() is None
+    assert tee.tmp_files() == []
+
+
+def test_upstream_error_fails_size_waiters(tee: Tee) -> None:
+    """If the upstream refuses the blob, whoever waits for the size gets the upstream error."""
+    download = tee.download()
+    waiting = download.wait_size()
+    tee.request().deferred.errback(UpstreamStatus(404, "gone"))
+    error = failure_of(waiting).value
+    assert isinstance(error, UpstreamStatus) and error.status == 404
+    assert failure_of(download.wait_size()).check(UpstreamStatus)
+
+
+# -- readers are independent ----------------------------------------------------------------------
+
+
+def test_paused_reader_does_not_stop_others(tee: Tee) -> None:
+    """A slow client (paused reader) holds back no one: the others and the download go on, and
+    the slow one catches up when resumed."""
+    download = tee.download()
+    response = sized_response(tee)
+    slow, fast = tee.read(download), tee.read(download)
+    response.write(DATA[:20])
+    slow.reader.pauseProducing()
+    response.write(DATA[20:])
+    response.finish()
+    assert fast.received == DATA
+    assert result_of(fast.done) is None
+    assert download.complete
+    assert slow.received == DATA[:20]
+    slow.reader.resumeProducing()
+    assert slow.received == DATA
+    assert result_of(slow.done) is None
+
+
+def test_reader_that_stops_does_not_stop_the_download(tee: Tee) -> None:
+    """A client that leaves (stopProducing) ends its reader only: the blob is still committed
+    and linked, and other readers finish."""
+    download = tee.download()
+    response = sized_response(tee)
+    leaving, staying = tee.read(download), tee.read(download)
+    response.write(DATA[:20])
+    leaving.reader.stopProducing()
+    assert result_of(leaving.done) is None
+    assert leaving.consumer.producer is None, "the reader did not unregister from its client"
+    response.write(DATA[20:])
+    response.finish()
+    assert leaving.received == DATA[:20]
+    assert staying.received == DATA
+    assert "stop" not in response.transport.calls
+    assert tee.cached() == DATA
+    assert tee.linked(NGINX)
+
+
+def test_download_runs_to_the_end_with_no_reader_at_all(tee: Tee) -> None:
+    """Nobody listening: the download still completes and caches the blob."""
+    tee.download()
+    response = sized_response(tee)
+    response.write(DATA)
+    response.finish()
+    assert tee.cached() == DATA
+
+
+def test_range_reader_in_the_middle_of_a_partial_download(tee: Tee) -> None:
+    """A Range reader gets exactly its slice as it arrives, and finishes before the download."""
+    download = tee.download()
+    response = sized_response(tee)
+    reading = tee.read(download, offset=40, length=20)
+    response.write(DATA[:45])
+    assert reading.received == DATA[40:45]
+    response.write(DATA[45:70])
+    assert reading.received == DATA[40:60]
+    assert result_of(reading.done) is None
+    assert not download.complete
+
+
+def test_range_reader_ending_at_the_last_byte_waits_for_verification(tee: Tee) -> None:
+    """A suffix Range is held back like a whole-body read: its last byte is the blob's."""
+    download = tee.download()
+    response = sized_response(tee)
+    reading = tee.read(download, offset=len(DATA) - 8)
+    response.write(DATA)
+    assert reading.received == DATA[-8:-1]
+    response.finish()
+    assert reading.received == DATA[-8:]
+
+
+# -- resuming ---------------------------------------------------------------------------------
+
+
+def test_drop_mid_body_resumes_with_range_and_hash_continues(tee: Tee) -> None:
+    """An upstream that drops mid-body is asked for the rest with Range; the 206 continues the
+    file and the running hash, and the blob verifies and is cached."""
+    download = tee.download()
+    first = sized_response(tee)
+    reading = tee.read(download)
+    first.write(DATA[:33])
+    first.drop()
+    resume = tee.request()
+    assert resume.offset == 33
+    rest = resume.respond(FakeResponse(206, len(DATA) - 33, {"Content-Range": f"bytes 33-{len(DATA) - 1}/{len(DATA)}"}))
+    rest.write(DATA[33:])
+    rest.finish()
+    assert download.complete
+    assert tee.cached() == DATA
+    assert reading.received == DATA
+    assert result_of(reading.done) is None
+
+
+def test_200_instead_of_206_on_resume_skips_what_was_received(tee: Tee) -> None:
+    """An upstream that ignores Range and sends the whole blob again: the bytes already on disk
+    are skipped, not appended twice."""
+    download = tee.download()
+    first = sized_response(tee)
+    first.write(DATA[:50])
+    first.drop()
+    resume = tee.request()
+    assert resume.offset == 50
+    again = resume.respond(FakeResponse(200, len(DATA)))
+    again.write(DATA[:20])
+    again.write(DATA[20:70])
+    again.write(DATA[70:])
+    again.finish()
+    assert download.complete
+    assert tee.cached() == DATA
+
+
+def test_resume_answered_with_another_range_fails(tee: Tee) -> None:
+    """A 206 that starts somewhere else than asked cannot be spliced in: the download fails."""
+    download = tee.download()
+    first = sized_response(tee)
+    first.write(DATA[:50])
+    first.drop()
+    tee.request().respond(FakeResponse(206, len(DATA), {"Content-Range": f"bytes 0-{len(DATA) - 1}/{len(DATA)}"}))
+    assert download.failure is not None and download.failure.check(DownloadFailed)
+    assert tee.cached() is None
+    assert tee.tmp_files() == []
+
+
+def test_repeated_drops_are_given_up_with_nothing_cached(tee: Tee) -> None:
+    """An upstream that keeps dropping is resumed a bounded number of times, then the download
+    fails, its readers fail, and nothing is cached."""
+    download = tee.download()
+    first = sized_response(tee)
+    reading = tee.read(download)
+    first.write(DATA[:10])
+    first.drop()
+    for attempt in range(RESUME_ATTEMPTS):
+        request = tee.request()
+        partial = request.respond(FakeResponse(206, len(DATA) - request.offset, {
+            "Content-Range": f"bytes {request.offset}-{len(DATA) - 1}/{len(DATA)}"
+        }))
+        partial.write(DATA[request.offset : request.offset + 5])
+        partial.drop()
+    assert len(tee.upstream.requests) == 1 + RESUME_ATTEMPTS
+    assert download.failure is not None
+    assert failure_of(reading.done).check(DownloadFailed)
+    assert tee.cached() is None
+    assert tee.tmp_files() == []
+
+
+def test_idle_upstream_is_dropped_and_resumed(tee: Tee) -> None:
+    """An upstream that goes quiet mid-body is cut after the idle timeout and resumed with Range;
+    data arriving keeps the timer from firing."""
+    download = tee.standalone()
+    first = sized_response(tee)
+    first.write(DATA[:10])
+    tee.clock.advance(IDLE * 0.8)
+    first.write(DATA[10:20])
+    tee.clock.advance(IDLE * 0.8)
+    assert "stop" not in first.transport.calls, "an upstream that was sending was cut"
+    assert len(tee.upstream.requests) == 1
+    tee.clock.advance(IDLE * 0.3)
+    assert "stop" in first.transport.calls
+    resume = tee.request()
+    assert len(tee.upstream.requests) == 2 and resume.offset == 20
+    rest = resume.respond(FakeResponse(206, len(DATA) - 20, {"Content-Range": f"bytes 20-{len(DATA) - 1}/{len(DATA)}"}))
+    rest.write(DATA[20:])
+    rest.finish()
+    assert download.complete
+    assert tee.cached() == DATA
+
+
+def test_no_idle_timer_left_after_the_download(tee: Tee) -> None:
+    """A finished download leaves no timer behind to cut anything later."""
+    tee.standalone()
+    tee.request().respond(full_response(DATA))
+    assert tee.clock.getDelayedCalls() == []
+
+
+# -- backpressure -----------------------------------------------------------------------------
+
+
+BIG_CHUNK = 4 << 20  # 4 MiB
+BIG = b"".join(bytes([i]) * BIG_CHUNK for i in range(8))  # 32 MiB, well past the high-water mark
+BIG_DIGEST = Digest.parse(sha256(BIG))
+
+
+def test_backpressure_pauses_upstream_while_the_disk_is_behind_and_resumes_after(tee: Tee) -> None:
+    """When writes queue up past the high-water mark, the upstream transport is paused (once);
+    when the queue drains it is resumed, and the blob still verifies."""
+    download = tee.download(NGINX, BIG_DIGEST)
+    response = tee.request().respond(FakeResponse(200, len(BIG)))
+    tee.worker.holding = True
+    response.write(BIG[:BIG_CHUNK])
+    assert response.transport.calls == [], "paused for a queue under the high-water mark"
+    for start in range(BIG_CHUNK, len(BIG), BIG_CHUNK):
+        response.write(BIG[start : start + BIG_CHUNK])
+    assert response.transport.calls == ["pause"]
+    tee.worker.release()
+    assert response.transport.calls == ["pause", "resume"]
+    response.finish()
+    assert download.complete
+    assert tee.blobs.size(BIG_DIGEST) == len(BIG)
+
+
+def test_backpressure_does_not_depend_on_readers(tee: Tee) -> None:
+    """A paused reader never pauses the upstream: only the disk queue does."""
+    download = tee.download()
+    response = sized_response(tee)
+    reading = tee.read(download)
+    reading.reader.pauseProducing()
+    response.write(DATA)
+    response.finish()
+    assert response.transport.calls == []
+    assert download.complete
+
+
+def test_upstream_paused_for_backpressure_is_not_idle(tee: Tee) -> None:
+    """While the upstream is paused because the disk is behind, it is not 'idle'."""
+    download = tee.standalone(NGINX, BIG_DIGEST)
+    response = tee.request().respond(FakeResponse(200, len(BIG)))
+    tee.worker.holding = True
+    for start in range(0, 6 * BIG_CHUNK, BIG_CHUNK):
+        response.write(BIG[start : start + BIG_CHUNK])
+    assert response.transport.paused
+    tee.clock.advance(IDLE * 2)
+    try:
+        assert "stop" not in response.transport.calls
+        assert len(tee.upstream.requests) == 1
+    finally:
+        tee.worker.release()
+    assert download.failure is None

@@ -29,10 +29,10 @@ from trow.proxy.upstream import UpstreamClient, UpstreamStatus, UpstreamUnavaila
 from trow.registry.names import Digest
 from trow.storage.blobs import BlobStore, HashingWriter, discard_file
 from trow.storage.metadata import Metadata
+from trow.storage.reader import FileRangeProducer
 
 _log = Logger()
 
-CHUNK_SIZE = 256 * 1024
 RESUME_ATTEMPTS = 3
 
 
@@ -76,10 +76,6 @@ class Download:
         self._writer: HashingWriter | None = None
 
     # -- observing ---------------------------------------------------------------------------
-
-    @property
-    def finished(self) -> bool:
-        return self.complete or self.failure is not None
 
     def wait_size(self) -> "Deferred[int]":
         """Fire with the blob size once the upstream has told it (or the download failed)."""
@@ -310,30 +306,22 @@ class _BodyReceiver(Protocol):
         self.done.callback(None)
 
 
-@implementer(IPushProducer)
-class TeeReader:
-    """Streams C{length} bytes from C{offset} of a download's file to one client."""
+class TeeReader(FileRangeProducer):
+    """Streams C{length} bytes from C{offset} of a download's file to one client, as they land."""
 
     def __init__(self, download: Download, offset: int, length: int, final_path: str) -> None:
-        self._download = download
-        self._position = offset
-        self._end = offset + length  # exclusive
         try:
-            self._handle: IO[bytes] | None = open(download.path, "rb")
+            handle = open(download.path, "rb")
         except FileNotFoundError:
             # Committed (renamed into the blob store) since we looked.
-            self._handle = open(final_path, "rb")
-        self._consumer: IConsumer | None = None
-        self._paused = False
-        self._done: Deferred[None] = Deferred()
+            handle = open(final_path, "rb")
+        super().__init__(handle, offset, length)
+        self._download = download
 
     def start(self, consumer: IConsumer) -> "Deferred[None]":
         """Stream to C{consumer}; fires when all is sent or the client left, fails if the download did."""
-        self._consumer = consumer
-        consumer.registerProducer(self, True)
         self._download.listen(self._produce)
-        self._produce()
-        return self._done
+        return super().start(consumer)
 
     def _limit(self) -> int:
         download = self._download
@@ -345,49 +333,12 @@ class TeeReader:
             available = min(available, download.size - 1)
         return min(available, self._end)
 
-    def _produce(self) -> None:
-        while not self._paused and self._consumer is not None:
-            if self._position >= self._end:
-                self._stop(None)
-                return
-            if self._download.failure is not None:
-                self._stop(self._download.failure)
-                return
-            limit = self._limit()
-            if self._position >= limit:
-                return  # wait for more bytes: the download calls us again
-            assert self._handle is not None
-            self._handle.seek(self._position)
-            data = self._handle.read(min(CHUNK_SIZE, limit - self._position))
-            if not data:
-                return
-            self._position += len(data)
-            self._consumer.write(data)
+    def _failure(self) -> Failure | None:
+        return self._download.failure
 
     def _stop(self, failure: Failure | None) -> None:
         self._download.unlisten(self._produce)
-        consumer, self._consumer = self._consumer, None
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
-        if consumer is not None:
-            consumer.unregisterProducer()
-        if not self._done.called:
-            if failure is None:
-                self._done.callback(None)
-            else:
-                self._done.errback(failure)
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        self._produce()
-
-    def stopProducing(self) -> None:
-        self._position = self._end
-        self._stop(None)
+        super()._stop(failure)
 
 
 class Fetcher:

@@ -30,6 +30,7 @@ from trow.registry.names import Digest
 from trow.workers import Worker
 
 _CHUNK = 1 << 20
+_BATCH_BYTES = 2 << 20
 
 
 def fsync_dir(path: str) -> None:
@@ -118,7 +119,14 @@ class HashingWriter:
     def _kick(self) -> None:
         if self._busy or not self._pending:
             return
-        batch, self._pending = self._pending, []
+        # Batches of a few MiB: big enough to amortise the thread hand-off, small enough that
+        # readers of the file and the sender see steady progress rather than long stalls.
+        size = 0
+        cut = 0
+        while cut < len(self._pending) and size < _BATCH_BYTES:
+            size += len(self._pending[cut])
+            cut += 1
+        batch, self._pending = self._pending[:cut], self._pending[cut:]
         self._busy = True
         # Writing and hashing a batch run at the same time on two workers: the slower of the two
         # sets the pace, not their sum.
@@ -283,6 +291,21 @@ def discard_file(path: str) -> None:
         pass
 
 
+def remove_entries(directory: str, keep: frozenset[str] | set[str] = frozenset()) -> int:
+    """Remove every file and folder in C{directory} but those named in C{keep}; return a count."""
+    removed = 0
+    for name in os.listdir(directory):
+        if name in keep:
+            continue
+        path = os.path.join(directory, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            discard_file(path)
+        removed += 1
+    return removed
+
+
 class BlobStore:
     """Verified blobs stored by digest under C{blobs/}, plus the C{tmp/} area for writes."""
 
@@ -296,15 +319,7 @@ class BlobStore:
 
     def clean_tmp(self) -> int:
         """Remove every leftover in C{tmp/} (start-up only: nothing is in flight). Returns a count."""
-        removed = 0
-        for name in os.listdir(self.tmp_root):
-            path = os.path.join(self.tmp_root, name)
-            if os.path.isdir(path):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                discard_file(path)
-            removed += 1
-        return removed
+        return remove_entries(self.tmp_root)
 
     def path(self, digest: Digest) -> str:
         """Where the blob with C{digest} lives (it may not exist)."""

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from trow.storage.blobs import BlobStore, SpooledBody, discard_file
+from trow.storage.blobs import BlobStore, SpooledBody, discard_file, remove_entries
 from trow.workers import Worker
 
 _CHUNK = 1 << 20
@@ -125,13 +124,4 @@ class UploadFiles:
 
     def remove_orphans(self, known: set[str]) -> int:
         """Delete files of sessions the metadata does not know (a crash between the two). Blocking."""
-        removed = 0
-        for name in os.listdir(self.root):
-            if name not in known:
-                path = os.path.join(self.root, name)
-                if os.path.isdir(path):
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    discard_file(path)
-                removed += 1
-        return removed
+        return remove_entries(self.root, keep=known)

@@ -93,13 +93,19 @@ class ProxyRegistry:
         proxied = self._proxied(name)
         if is_digest(reference):
             digest = Digest.parse(reference)
-            if await self.local.metadata.get_manifest(name, str(digest)) is None:
-                if self.offline:
-                    raise RegistryError("MANIFEST_UNKNOWN", f"{reference} is not cached and trow is offline")
-                try:
-                    await self._fetch_manifest(proxied, str(digest), digest, tag=None)
-                except (UpstreamUnavailable, UpstreamStatus) as e:
-                    raise upstream_error(e, "MANIFEST_UNKNOWN", f"{proxied.repo}@{reference}") from None
+            try:
+                # The hot path: a node pulling a digest it knows, served from memory.
+                return await self.local.get_manifest(name, reference, accept)
+            except RegistryError as e:
+                # Cached but not acceptable to this client: that answer stands.
+                if e.code != "MANIFEST_UNKNOWN" or await self.local.metadata.get_manifest(name, str(digest)):
+                    raise
+            if self.offline:
+                raise RegistryError("MANIFEST_UNKNOWN", f"{reference} is not cached and trow is offline")
+            try:
+                await self._fetch_manifest(proxied, str(digest), digest, tag=None)
+            except (UpstreamUnavailable, UpstreamStatus) as e:
+                raise upstream_error(e, "MANIFEST_UNKNOWN", f"{proxied.repo}@{reference}") from None
             return await self.local.get_manifest(name, reference, accept)
         if not is_tag(reference):
             raise RegistryError("MANIFEST_UNKNOWN", f"manifest {reference} is not in repository {name}")

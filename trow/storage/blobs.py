@@ -21,7 +21,7 @@ import shutil
 import uuid
 from typing import IO, Any, Callable, Iterable
 
-from twisted.internet.defer import Deferred, FirstError, gatherResults, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -57,13 +57,71 @@ def hash_file(path: str, algorithm: str, limit: int | None = None) -> str:
     return hasher.hexdigest()
 
 
-class HashingWriter:
-    """Appends chunks to an open file and hashes them, on a worker, in order, with backpressure.
+class _Lane:
+    """One serial stream of batches through a worker: C{work} sees the chunks in order."""
 
-    The reactor thread only queues chunks; one batch at a time is written and hashed on the
-    worker (hashlib releases the GIL on large buffers), so hashing runs beside the data path.
-    When more than C{high_water} bytes wait, the registered producer is paused until the queue
-    falls under C{low_water}: memory stays flat however fast the sender is.
+    def __init__(
+        self,
+        worker: Worker,
+        work: Callable[[list[bytes]], None],
+        on_batch: Callable[[int], None],
+        on_failure: Callable[[Failure], None],
+    ) -> None:
+        self._worker = worker
+        self._work = work
+        self._on_batch = on_batch
+        self._on_failure = on_failure
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
+        self.busy = False
+        self.done_bytes = 0
+
+    @property
+    def idle(self) -> bool:
+        return not self.busy and not self.pending
+
+    def push(self, data: bytes) -> None:
+        self.pending.append(data)
+        self.pending_bytes += len(data)
+        self.kick()
+
+    def kick(self) -> None:
+        if self.busy or not self.pending:
+            return
+        # Batches of a few MiB: big enough to amortise the thread hand-off, small enough that
+        # readers of the file and the sender see steady progress rather than long stalls.
+        size = 0
+        cut = 0
+        while cut < len(self.pending) and size < _BATCH_BYTES:
+            size += len(self.pending[cut])
+            cut += 1
+        batch, self.pending = self.pending[:cut], self.pending[cut:]
+        self.busy = True
+        self._worker.run(self._work, batch).addCallbacks(self._done, self._failed, callbackArgs=(size,))
+
+    def _done(self, _: object, nbytes: int) -> None:
+        self.busy = False
+        self.pending_bytes -= nbytes
+        self.done_bytes += nbytes
+        self._on_batch(nbytes)
+        self.kick()
+
+    def _failed(self, failure: Failure) -> None:
+        self.busy = False
+        self.pending = []
+        self.pending_bytes = 0
+        self._on_failure(failure)
+
+
+class HashingWriter:
+    """Appends chunks to an open file and hashes them, on workers, in order, with backpressure.
+
+    The reactor thread only queues chunks. Two lanes take them in batches: one writes the file,
+    the other hashes (hashlib releases the GIL on large buffers). They run side by side, so the
+    slower sets the pace, not their sum, and bytes are readable from the file as soon as they are
+    written, while the hash may still be behind. When more than C{high_water} bytes wait in either
+    lane, the registered producer is paused until both fall under C{low_water}: memory stays flat
+    however fast the sender is.
     """
 
     _log = Logger()
@@ -77,22 +135,21 @@ class HashingWriter:
         low_water: int = 2 << 20,
         on_written: Callable[[int], None] | None = None,
     ) -> None:
-        self._worker = worker
-        self._on_written = on_written
-        # Bytes that have reached the file (readable by others), as opposed to size: accepted.
-        self.written = 0
         self._handle = handle
         self.hashers = list(hashers)
+        self._on_written = on_written
         self._high = high_water
         self._low = low_water
-        self._pending: list[bytes] = []
-        self._pending_bytes = 0
-        self._busy = False
+        self._lanes = [_Lane(worker, self._write_batch, self._written, self._lane_failed)]
+        if self.hashers:
+            self._lanes.append(_Lane(worker, self._hash_batch, self._hashed, self._lane_failed))
         self._failure: Failure | None = None
         self._waiters: list[Deferred[None]] = []
         self._producer: IPushProducer | None = None
         self._paused = False
+        # Bytes accepted so far, and bytes that have reached the file (readable by others).
         self.size = 0
+        self.written = 0
 
     def set_producer(self, producer: IPushProducer | None) -> None:
         """Pause and resume C{producer} to keep the queue bounded.
@@ -104,38 +161,19 @@ class HashingWriter:
         self._paused = False
         self._producer = producer
 
+    def _backlog(self) -> int:
+        return max(lane.pending_bytes for lane in self._lanes)
+
     def write(self, data: bytes) -> None:
         """Queue C{data} to be written and hashed."""
         if not data or self._failure is not None:
             return
-        self._pending.append(data)
-        self._pending_bytes += len(data)
         self.size += len(data)
-        if self._pending_bytes > self._high and self._producer is not None and not self._paused:
+        for lane in self._lanes:
+            lane.push(data)
+        if self._backlog() > self._high and self._producer is not None and not self._paused:
             self._paused = True
             self._producer.pauseProducing()
-        self._kick()
-
-    def _kick(self) -> None:
-        if self._busy or not self._pending:
-            return
-        # Batches of a few MiB: big enough to amortise the thread hand-off, small enough that
-        # readers of the file and the sender see steady progress rather than long stalls.
-        size = 0
-        cut = 0
-        while cut < len(self._pending) and size < _BATCH_BYTES:
-            size += len(self._pending[cut])
-            cut += 1
-        batch, self._pending = self._pending[:cut], self._pending[cut:]
-        self._busy = True
-        # Writing and hashing a batch run at the same time on two workers: the slower of the two
-        # sets the pace, not their sum.
-        jobs = [self._worker.run(self._write_batch, batch)]
-        if self.hashers:
-            jobs.append(self._worker.run(self._hash_batch, batch))
-        gatherResults(jobs, consumeErrors=True).addCallbacks(
-            self._batch_done, self._batch_failed, callbackArgs=(sum(map(len, batch)),)
-        )
 
     def _write_batch(self, batch: list[bytes]) -> None:
         for chunk in batch:
@@ -148,33 +186,35 @@ class HashingWriter:
             for hasher in self.hashers:
                 hasher.update(chunk)
 
-    def _batch_done(self, _: object, nbytes: int) -> None:
-        self._busy = False
-        self._pending_bytes -= nbytes
+    def _written(self, nbytes: int) -> None:
         self.written += nbytes
         if self._on_written is not None:
             self._on_written(self.written)
-        if self._paused and self._pending_bytes <= self._low:
+        self._progress()
+
+    def _hashed(self, nbytes: int) -> None:
+        self._progress()
+
+    def _progress(self) -> None:
+        if self._paused and self._backlog() <= self._low:
             self._paused = False
             if self._producer is not None:
                 self._producer.resumeProducing()
-        self._kick()
         self._maybe_drained()
 
-    def _batch_failed(self, failure: Failure) -> None:
-        self._busy = False
-        if isinstance(failure.value, FirstError):
-            failure = failure.value.subFailure
-        self._failure = failure
-        self._pending = []
-        self._pending_bytes = 0
+    def _lane_failed(self, failure: Failure) -> None:
+        if self._failure is None:
+            self._failure = failure
+        for lane in self._lanes:
+            lane.pending = []
+            lane.pending_bytes = 0
         if self._paused and self._producer is not None:
             self._paused = False
             self._producer.resumeProducing()
         self._maybe_drained()
 
     def _maybe_drained(self) -> None:
-        if self._busy or self._pending:
+        if not all(lane.idle for lane in self._lanes):
             return
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:

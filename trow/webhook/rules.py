@@ -223,7 +223,8 @@ class Mutator:
     """C{image_mutation}: rewrite images of some registries to pull through trow.
 
     @ivar proxy: trow's proxy address, which rewritten images point at.
-    @ivar registries: canonical hosts whose images are rewritten.
+    @ivar registries: canonical hosts whose images are rewritten (the port, if any, must match:
+        a different port could be a registry trow does not proxy).
     @ivar ignore: prefixes never rewritten.
     """
 

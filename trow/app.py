@@ -7,11 +7,13 @@ from typing import Any
 
 import attrs
 from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
 
 from trow.api.http import API_VERSION_HEADER
 from trow.api.registry import RegistryAPI
+from trow.api.webhook import WebhookAPI
 from trow.api.site import TrowSite
 from trow.config import ProxyConfig
 from trow.proxy.names import UpstreamDirectory
@@ -22,6 +24,8 @@ from trow.registry.service import Registry
 from trow.storage.blobs import BlobStore
 from trow.storage.metadata import Metadata
 from trow.storage.uploads import UploadFiles
+from trow.webhook.rules import Mutator, Validator
+from trow.webhook.tls import reloading_ssl_endpoint
 from trow.workers import ThreadWorker, Worker
 
 _log = Logger()
@@ -116,4 +120,23 @@ def build_service(settings: Any, reactor: Any) -> MultiService:
     )
     for description in settings.listen:
         strports.service(description, site, reactor=reactor).setServiceParent(root)
+    if settings.webhook_listen:
+        add_webhook(root, settings, reactor)
     return root
+
+
+def add_webhook(root: MultiService, settings: Any, reactor: Any) -> None:
+    """The admission webhook on its own listeners (normally TLS, with certificates followed)."""
+    config = settings.config
+    validator = Validator.from_config(config, settings.hostname)
+    mutator = Mutator.from_config(config, settings.hostname) if config.image_mutation.registries else None
+    site = TrowSite(WebhookAPI(validator, mutator).resource())
+    for description in settings.webhook_listen:
+        endpoint = reloading_ssl_endpoint(reactor, description)
+        if endpoint is None:
+            strports.service(description, site, reactor=reactor).setServiceParent(root)
+            continue
+        service = StreamServerEndpointService(endpoint, site)
+        # Fail start-up on a port that cannot be bound, as strports services do.
+        service._raiseSynchronously = True
+        service.setServiceParent(root)

@@ -51,6 +51,36 @@ def _check_endpoint(description: str, option: str) -> None:
         fail(f"{option} {description!r} is not a usable Twisted endpoint description: {detail}")
 
 
+def _check_webhook_endpoint(description: str) -> None:
+    from twisted.internet import reactor
+
+    from trow.webhook.tls import CertificateError, reloading_ssl_endpoint
+
+    try:
+        endpoint = reloading_ssl_endpoint(reactor, description)
+    except CertificateError as e:
+        fail(f"--webhook-listen: {e}")
+    if endpoint is None:
+        _check_endpoint(description, "--webhook-listen")
+
+
+def _check_webhook_rules(config: Config, hostname: str | None) -> None:
+    """The image_validation and image_mutation sections must make sense before trow starts."""
+    from trow.webhook.references import InvalidHostname
+    from trow.webhook.rules import InvalidRule, Mutator, Validator
+
+    try:
+        Validator.from_config(config, hostname)
+        if config.image_mutation.registries:
+            if not hostname:
+                fail("bad config: image_mutation needs --hostname, the name nodes pull trow by")
+            Mutator.from_config(config, hostname)
+    except InvalidRule as e:
+        fail(f"bad config: {e.path}: {e.message}")
+    except InvalidHostname as e:
+        fail(f"--hostname {hostname!r} cannot be used in rewritten image references: {e}")
+
+
 def _check_data_dir(path: str) -> None:
     target = os.path.abspath(path)
     if os.path.exists(target):
@@ -88,8 +118,6 @@ def _refuse_unbuilt(options: "Options", config: Config) -> None:
             "authentication (--user/--password, --htpasswd, the auth: section) is not available in this "
             "version of trow; refusing to start an open registry you meant to protect"
         )
-    if options["webhook-listen"]:
-        fail("--webhook-listen: the admission webhook is not available in this version of trow")
     if options["metrics-listen"]:
         fail("--metrics-listen: metrics are not available in this version of trow")
 
@@ -143,7 +171,7 @@ class Options(usage.Options):
         for description in listen:
             _check_endpoint(description, "--listen")
         for description in self["webhook-listen"]:
-            _check_endpoint(description, "--webhook-listen")
+            _check_webhook_endpoint(description)
         if self["metrics-listen"]:
             _check_endpoint(self["metrics-listen"], "--metrics-listen")
         _check_data_dir(self["data-dir"])
@@ -158,6 +186,7 @@ class Options(usage.Options):
         if self["htpasswd"] and not os.path.isfile(self["htpasswd"]):
             fail(f"--htpasswd {self['htpasswd']!r} is not a readable file")
         _refuse_unbuilt(self, config)
+        _check_webhook_rules(config, self["hostname"])
         self.settings = Settings(
             listen=listen,
             data_dir=self["data-dir"],

@@ -185,7 +185,6 @@ def test_missing_htpasswd(capsys: pytest.CaptureFixture[str], data_dir: str, tmp
     "args, fragment",
     [
         (("--user", "admin", "--password", "pw"), "authentication"),
-        (("--webhook-listen", "tcp:0"), "--webhook-listen"),
         (("--metrics-listen", "tcp:0"), "--metrics-listen"),
     ],
 )
@@ -258,3 +257,24 @@ def test_service_tree_cleans_leftovers_and_listens(tmp_path: Path) -> None:
         assert sorted(port for port, *_ in reactor.tcpServers) == [5000, 5001]
     finally:
         root.stopService()
+
+
+def test_webhook_listener_with_unreadable_certificate_is_refused(
+    capsys: pytest.CaptureFixture[str], data_dir: str, tmp_path: Path
+) -> None:
+    """An ssl: webhook listener whose key file cannot be read stops trow before it binds."""
+    missing = str(tmp_path / "tls.key")
+    args = ("--data-dir", data_dir, "--webhook-listen", f"ssl:0:privateKey={missing}")
+    assert_one_line_error(parse(capsys, *args), "--webhook-listen", missing)
+
+
+def test_image_mutation_needs_hostname(capsys: pytest.CaptureFixture[str], data_dir: str, tmp_path: Path) -> None:
+    """Rewriting images needs the name nodes pull trow by: without --hostname, trow refuses."""
+    path = write(tmp_path, "trow.yaml", "image_mutation:\n  registries: [docker.io]\n")
+    assert_one_line_error(parse(capsys, "--data-dir", data_dir, "--config", path), "--hostname")
+
+
+def test_bad_validation_prefix_names_its_key(capsys: pytest.CaptureFixture[str], data_dir: str, tmp_path: Path) -> None:
+    """A validation rule that cannot match anything is refused with its config key."""
+    path = write(tmp_path, "trow.yaml", "image_validation:\n  allow: [\"nginx:1.25\"]\n")
+    assert_one_line_error(parse(capsys, "--data-dir", data_dir, "--config", path), "image_validation.allow[0]")

@@ -248,11 +248,14 @@ def validate_review(body: bytes, validator: Validator) -> Reply:
     return _handle(body, answer)
 
 
-def mutate_review(body: bytes, mutator: Mutator) -> Reply:
+def mutate_review(body: bytes, mutator: Mutator | None) -> Reply:
     """Answer a mutating AdmissionReview: always allowed, with a base64 JSONPatch of C{replace}
-    operations for the images to pull through trow, and no patch at all when none changes."""
+    operations for the images to pull through trow, and no patch at all when none changes
+    (nor when there is no C{mutator}: no C{image_mutation} configured)."""
 
     def answer(review: Review) -> dict[str, Any]:
+        if mutator is None:
+            return {}
         patch = []
         for field in images_to_review(review):
             rewritten = mutator.rewrite(field.image)

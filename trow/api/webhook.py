@@ -1,0 +1,77 @@
+"""The admission webhook's HTTP side: POST /validate-image and /mutate-image, and /healthz.
+
+Only HTTP lives here; what is checked and rewritten is L{trow.webhook.admission}. The apiserver
+appends C{?timeout=10s} to the configured path: routing ignores query strings, so that is fine.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from klein import Klein
+from twisted.web.iweb import IRequest
+
+from trow.api import health
+from trow.api.http import send_bytes, send_json
+from trow.webhook.admission import Reply, mutate_review, validate_review
+from trow.webhook.rules import Mutator, Validator
+
+# The apiserver caps request bodies at 3 MiB; anything larger is not an AdmissionReview.
+MAX_REVIEW_SIZE = 3 << 20
+
+
+class WebhookAPI:
+    """Klein app of the webhook listener."""
+
+    app = Klein()
+
+    def __init__(self, validator: Validator, mutator: Mutator | None) -> None:
+        self.validator = validator
+        self.mutator = mutator
+
+    def resource(self) -> Any:
+        """The twisted.web resource to serve."""
+        return self.app.resource()
+
+    @app.route("/healthz", methods=["GET", "HEAD"])
+    def healthz(self, request: IRequest) -> Any:
+        return health.healthz(request)
+
+    @app.route("/validate-image", methods=["POST"])
+    def validate(self, request: IRequest) -> Any:
+        body = _body(request)
+        if body is None:
+            return _too_large(request)
+        return _send(request, validate_review(body, self.validator))
+
+    @app.route("/mutate-image", methods=["POST"])
+    def mutate(self, request: IRequest) -> Any:
+        body = _body(request)
+        if body is None:
+            return _too_large(request)
+        # No image_mutation configured (mutator None): every pod is allowed unchanged.
+        return _send(request, mutate_review(body, self.mutator))
+
+    @app.route("/", branch=True)
+    def not_found(self, request: IRequest) -> Any:
+        return send_json(
+            request, 404, {"message": f"no such endpoint: {request.path.decode('latin-1')}; use /validate-image or /mutate-image"}
+        )
+
+
+def _body(request: IRequest) -> bytes | None:
+    content = request.content
+    content.seek(0, 2)
+    if content.tell() > MAX_REVIEW_SIZE:
+        return None
+    content.seek(0)
+    data: bytes = content.read()
+    return data
+
+
+def _too_large(request: IRequest) -> bytes:
+    return send_json(request, 413, {"message": f"an AdmissionReview is at most {MAX_REVIEW_SIZE} bytes"})
+
+
+def _send(request: IRequest, reply: Reply) -> bytes:
+    return send_bytes(request, reply.status, reply.body(), "application/json")

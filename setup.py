@@ -22,6 +22,7 @@ setup(
         "pyopenssl>=24",
         "service-identity>=24",
         "pyyaml>=6",
+        "cryptography>=42",
         # The public suffix list, bundled: whether a token realm is in an upstream's own domain.
         "publicsuffixlist>=1.0",
     ],
@@ -32,6 +33,8 @@ setup(
             "mypy>=1.10",
             "mypy-zope>=1.0",
             "types-PyYAML",
+            # Offline validation of deploy/ against the Kubernetes schemas.
+            "kubernetes-validate>=1.30",
         ],
     },
     entry_points={"console_scripts": []},

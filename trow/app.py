@@ -85,14 +85,16 @@ def build_proxy(registry: Registry, config: ProxyConfig, reactor: Any, hostname:
 
 
 class _UpstreamPool(Service):
-    """Closes the upstream connection pool at shutdown."""
+    """At shutdown: give up running downloads (before the disk and db workers stop under them),
+    then close the upstream connection pool."""
 
-    def __init__(self, upstream: UpstreamClient) -> None:
-        self._upstream = upstream
+    def __init__(self, proxy: ProxyRegistry) -> None:
+        self._proxy = proxy
 
     def stopService(self) -> Any:
         super().stopService()
-        return self._upstream.close()
+        stopped = self._proxy.fetcher.stop()
+        return stopped.addBoth(lambda _: self._proxy.upstream.close())
 
 
 def build_service(settings: Any, reactor: Any) -> MultiService:
@@ -114,7 +116,7 @@ def build_service(settings: Any, reactor: Any) -> MultiService:
     )
     registry = Registry(stores.blobs, stores.uploads, stores.metadata, settings.config.limits.max_manifest_size)
     proxy = build_proxy(registry, settings.config.registry_proxies, reactor, settings.hostname)
-    _UpstreamPool(proxy.upstream).setServiceParent(root)
+    _UpstreamPool(proxy).setServiceParent(root)
     site = TrowSite(
         RegistryAPI(registry, proxy).resource(), spool_store=stores.blobs, default_headers=(API_VERSION_HEADER,)
     )

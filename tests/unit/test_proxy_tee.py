@@ -325,16 +325,21 @@ def test_download_runs_to_the_end_with_no_reader_at_all(tee: Tee) -> None:
 
 
 def test_range_reader_in_the_middle_of_a_partial_download(tee: Tee) -> None:
-    """A Range reader gets exactly its slice as it arrives, and finishes before the download."""
+    """A Range reader gets its slice as it arrives, all but its last byte, which waits for the
+    blob to be verified: a Range over bytes that turn out wrong must look truncated too."""
     download = tee.download()
     response = sized_response(tee)
     reading = tee.read(download, offset=40, length=20)
     response.write(DATA[:45])
     assert reading.received == DATA[40:45]
     response.write(DATA[45:70])
+    assert reading.received == DATA[40:59]
+    assert not reading.done.called
+    response.write(DATA[70:])
+    response.finish()
     assert reading.received == DATA[40:60]
     assert result_of(reading.done) is None
-    assert not download.complete
+    assert download.complete
 
 
 def test_range_reader_ending_at_the_last_byte_waits_for_verification(tee: Tee) -> None:

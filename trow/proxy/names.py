@@ -15,6 +15,7 @@ import attrs
 
 from trow.config import ProxyConfig, UpstreamRegistry
 from trow.registry.errors import RegistryError
+from trow.registry.names import check_name
 
 PREFIX = "f"
 
@@ -154,12 +155,13 @@ class UpstreamDirectory:
                 "NAME_INVALID", f"proxied names are f/<host>/<repository>, got {name!r}", {"name": name}
             )
         upstream = self.upstream(parts[1])
-        return ProxiedName(upstream, canonical_repo(upstream.host, parts[2]))
+        # The repository part goes into upstream URLs: it must be a name, never a path trick.
+        return ProxiedName(upstream, canonical_repo(upstream.host, check_name(parts[2])))
 
     def for_namespace(self, ns: str, name: str) -> ProxiedName:
         """Interpret containerd's C{<repo>?ns=<host>}."""
         upstream = self.upstream(ns)
-        return ProxiedName(upstream, canonical_repo(upstream.host, name))
+        return ProxiedName(upstream, canonical_repo(upstream.host, check_name(name)))
 
 
 def _looks_like_host(host: str) -> bool:

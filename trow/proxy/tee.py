@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from typing import IO, Any, Callable
 
-from twisted.internet.defer import Deferred, ensureDeferred, fail
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, fail
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
 from zope.interface import implementer
 
@@ -74,6 +75,9 @@ class Download:
         self._listeners: set[Callable[[], None]] = set()
         self._handle: IO[bytes] | None = None
         self._writer: HashingWriter | None = None
+        self._receiver: _BodyReceiver | None = None
+        self._aborted: str | None = None
+        self.ended: Deferred[None] | None = None
 
     # -- observing ---------------------------------------------------------------------------
 
@@ -107,11 +111,30 @@ class Download:
 
     # -- running -----------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Run the download to its end, whoever is still listening."""
-        ensureDeferred(self._run()).addErrback(self._fail)
+    def start(self) -> "Deferred[None]":
+        """Run the download to its end, whoever is still listening; fires when it has ended."""
+        self.ended = ensureDeferred(self._run()).addErrback(self._fail)
+        return self.ended
+
+    def abort(self, why: str) -> None:
+        """Give the download up (trow is stopping): the readers are cut, nothing is cached."""
+        self._aborted = why
+        if self._receiver is not None:
+            self._receiver.stopProducing()
 
     async def _run(self) -> None:
+        try:
+            await self._fetch()
+        except BaseException:
+            # Let writes already handed to the disk workers finish before the file goes.
+            if self._writer is not None:
+                try:
+                    await self._writer.drain()
+                except Exception:
+                    pass
+            raise
+
+    async def _fetch(self) -> None:
         response = await self._upstream.get_blob(self.name, str(self.digest))
         length = _content_length(response)
         self._handle = open(self.path, "wb")
@@ -128,11 +151,19 @@ class Download:
             if response.code == 200 and received:
                 # The upstream ignored our Range: drop what we already have.
                 receiver.skip = received
+            self._receiver = receiver
             response.deliverBody(receiver)
             await receiver.done
+            self._receiver = None
             reason = receiver.reason
             received += receiver.received
+            if self._aborted:
+                raise DownloadFailed(f"download of {self.digest} given up: {self._aborted}")
             if reason.check(ResponseDone) and (self.size is None or received >= self.size):
+                break
+            if reason.check(PotentialDataLoss) and self.size is None:
+                # A body delimited by closing the connection (valid HTTP/1.1): this is its end,
+                # and the digest check below tells whether it is whole.
                 break
             attempts += 1
             if attempts > RESUME_ATTEMPTS or self.size is None:
@@ -327,11 +358,9 @@ class TeeReader(FileRangeProducer):
         download = self._download
         if download.verified:
             return self._end
-        # Hold back the blob's last byte until it is verified: a bad download must look truncated.
-        available = download.available
-        if download.size is not None:
-            available = min(available, download.size - 1)
-        return min(available, self._end)
+        # Hold back the last byte of this response until the blob is verified: a bad download
+        # must look truncated, for a Range that ends early as for the whole blob.
+        return min(download.available, self._end - 1)
 
     def _failure(self) -> Failure | None:
         return self._download.failure
@@ -368,6 +397,13 @@ class Fetcher:
         else:
             download.repos.add(name.cache_repo)
         return download
+
+    def stop(self) -> "Deferred[Any]":
+        """Give up every running download and fire once they have all ended (service stop)."""
+        running = list(self.downloads.values())
+        for download in running:
+            download.abort("trow is stopping")
+        return DeferredList([d.ended for d in running if d.ended is not None], consumeErrors=True)
 
     def _done(self, download: Download) -> None:
         if self.downloads.get(str(download.digest)) is download:

@@ -9,6 +9,7 @@ import attrs
 from twisted.application import strports
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
+from twisted.internet.defer import ensureDeferred, maybeDeferred
 from twisted.logger import Logger
 
 from trow.api.http import API_VERSION_HEADER
@@ -97,9 +98,28 @@ class _UpstreamPool(Service):
         return stopped.addBoth(lambda _: self._proxy.upstream.close())
 
 
+class SequentialMultiService(MultiService):
+    """Stops its children one after the other, the last added first, each once the one before
+    it has finished stopping: listeners, then downloads, then the workers they write through."""
+
+    def stopService(self) -> Any:
+        Service.stopService(self)
+        children = list(self)
+        children.reverse()
+
+        async def stop_all() -> None:
+            for child in children:
+                try:
+                    await maybeDeferred(child.stopService)
+                except Exception:
+                    _log.failure("stopping {service} failed", service=child)
+
+        return ensureDeferred(stop_all())
+
+
 def build_service(settings: Any, reactor: Any) -> MultiService:
     """The whole trow process as one service tree."""
-    root = MultiService()
+    root = SequentialMultiService()
     disk = ThreadWorker(reactor, "trow-disk", max_threads=4)
     db = ThreadWorker(reactor, "trow-db", max_threads=1)
     stores = open_stores(settings.data_dir, disk, db)

@@ -152,7 +152,13 @@ class Download:
                 # The upstream ignored our Range: drop what we already have.
                 receiver.skip = received
             self._receiver = receiver
-            response.deliverBody(receiver)
+            if self._aborted:
+                # Given up while the request was on its way: do not read the body at all.
+                receiver.received = 0
+                response.deliverBody(receiver)
+                receiver.stopProducing()
+            else:
+                response.deliverBody(receiver)
             await receiver.done
             self._receiver = None
             reason = receiver.reason

@@ -14,7 +14,9 @@ from typing import Any
 from OpenSSL import SSL
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.ssl import Certificate, CertificateOptions, PrivateCertificate
+from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.logger import Logger
+from zope.interface import implementer
 
 _log = Logger()
 
@@ -41,9 +43,17 @@ def _load(key_path: str, cert_path: str) -> CertificateOptions:
         extra = [Certificate.loadPEM(pem).original for pem in pems[1:]]
     except Exception as e:  # OpenSSL raises several types for bad PEM or a key/cert mismatch
         raise CertificateError(f"{cert_path} and {key_path} are not a usable certificate and key: {e!r}") from None
-    return CertificateOptions(privateKey=leaf.privateKey.original, certificate=leaf.original, extraCertChain=extra)
+    options = CertificateOptions(privateKey=leaf.privateKey.original, certificate=leaf.original, extraCertChain=extra)
+    try:
+        # OpenSSL's own checks (key size, signature digest) run when the context is built: build
+        # it now, so a pair it refuses is refused here and never replaces a working one.
+        options.getContext()
+    except SSL.Error as e:
+        raise CertificateError(f"OpenSSL refuses {cert_path} and {key_path}: {e}") from None
+    return options
 
 
+@implementer(IOpenSSLContextFactory)
 class ReloadingContextFactory:
     """A server context factory that follows its key and certificate files."""
 

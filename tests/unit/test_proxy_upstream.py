@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.task import Clock
 
 from tests.unit.harness import result_of
-from tests.unit.proxy_fakes import FakeRegistry, StubHTTP, failure_of, image_manifest, pending, run, sha256
+from tests.unit.proxy_fakes import FakeRegistry, FakeResponse, StubHTTP, failure_of, image_manifest, pending, run, sha256
 from trow.config import ProxyConfig, UpstreamRegistry
 from trow.proxy.names import ProxiedName, UpstreamDirectory
 from trow.proxy.upstream import MANIFEST_ACCEPT, UpstreamClient, UpstreamStatus, UpstreamUnavailable
@@ -574,3 +574,43 @@ def test_unlisted_host_cannot_redirect_into_a_private_network() -> None:
         run(world.client.get_blob(world.name("f/registry.example.org/app"), digest))
     assert caught.value.status == 403
     assert all(s.host != "169.254.169.254" for s in world.fake.seen)
+
+
+class _HandHTTP:
+    """An HTTP client whose responses the test gives by hand, in the order requests were made."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, "Deferred[Any]"]] = []
+
+    def request(self, method: str, url: str, **_: Any) -> "Deferred[Any]":
+        d: Deferred[Any] = Deferred()
+        self.calls.append((method, url, d))
+        return d
+
+
+def test_concurrent_first_requests_share_one_token_fetch() -> None:
+    """Several requests that meet the same Bearer challenge at once wait for one token request
+    (token services rate-limit too), and all of them then use that token."""
+    http = _HandHTTP()
+    client = UpstreamClient(Clock(), http_for=lambda upstream: http)
+    name = UpstreamDirectory(ProxyConfig()).for_cache_name("f/ghcr.io/org/app")
+    assert name is not None
+    heads = [ensureDeferred(client.head_manifest(name, "v1")) for _ in range(3)]
+    challenge = {"WWW-Authenticate": 'Bearer realm="https://ghcr.io/token",service="ghcr.io"'}
+    for _, _, d in list(http.calls):
+        response = FakeResponse(401, 0, challenge)
+        d.callback(response)
+        response.finish()
+    token_calls = [call for call in http.calls if "/token" in call[1]]
+    assert len(token_calls) == 1
+    token = FakeResponse(200, None, {"Content-Type": "application/json"})
+    token_calls[0][2].callback(token)
+    token.write(b'{"token": "tok-shared", "expires_in": 300}')
+    token.finish()
+    retries = [call for call in http.calls if call[0] == "HEAD"][3:]
+    assert len(retries) == 3
+    for _, _, d in retries:
+        ok = FakeResponse(200, 0, {"Docker-Content-Digest": "sha256:" + "a" * 64})
+        d.callback(ok)
+        ok.finish()
+    assert [result_of(h).digest for h in heads] == ["sha256:" + "a" * 64] * 3

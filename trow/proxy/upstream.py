@@ -201,6 +201,7 @@ class UpstreamClient:
         self._clients: dict[str, Any] = {}
         self._http_for = http_for or self._default_http
         self._tokens: dict[tuple[str, str, str], tuple[str, float]] = {}
+        self._token_waiters: dict[tuple[str, str, str], list[Deferred[str]]] = {}
         self._down_until: dict[str, float] = {}
 
     def close(self) -> Any:
@@ -355,6 +356,31 @@ class UpstreamClient:
                     realm=realm_host,
                 )
         token_url = realm + ("&" if "?" in realm else "?") + urlencode(query)
+        # Single-flight: the first pull of an image asks for a token once per scope, not once per
+        # concurrent blob request (token services rate-limit too).
+        waiting = self._token_waiters.get(token_key)
+        if waiting is not None:
+            shared: Deferred[str] = Deferred()
+            waiting.append(shared)
+            return await shared
+        waiters: list[Deferred[str]] = []
+        self._token_waiters[token_key] = waiters
+        try:
+            authorization = await self._fetch_token(upstream, token_url, headers, token_key)
+        except Exception:
+            failure = Failure()
+            for waiter in waiters:
+                waiter.errback(failure)
+            raise
+        finally:
+            del self._token_waiters[token_key]
+        for waiter in waiters:
+            waiter.callback(authorization)
+        return authorization
+
+    async def _fetch_token(
+        self, upstream: Upstream, token_url: str, headers: dict[str, str], token_key: tuple[str, str, str]
+    ) -> str:
         response = await self._send(upstream, "GET", token_url, headers)
         body = await self._read_body(upstream, response, _MAX_TOKEN_RESPONSE)
         if response.code != 200:

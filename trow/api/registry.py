@@ -247,7 +247,10 @@ class RegistryAPI:
             # The content went bad mid-stream (a proxied download failed verification): the
             # headers are gone, so cut the connection; the client sees a truncated body.
             _log.warn("cutting {path}: {why}", path=request.path.decode("latin-1"), why=str(e))
-            request.channel.transport.abortConnection()  # type: ignore[attr-defined]
+            transport = getattr(getattr(request, "channel", None), "transport", None)
+            if transport is None:
+                return b""  # the client is gone already
+            transport.abortConnection()
             try:
                 await request.notifyFinish()  # type: ignore[attr-defined]
             except Exception:

@@ -75,7 +75,6 @@ class UploadStarted:
     """An upload session was opened."""
 
     upload_id: str
-    offset: int = 0
 
 
 @attrs.frozen
@@ -353,7 +352,7 @@ class Registry:
             actual = await self.uploads.digest_hex(upload_id, digest.algorithm)
             if actual != digest.hex:
                 # A failed upload is gone: the client must start again, and nothing wrong is kept.
-                await self.cancel_upload_unlocked(upload_id)
+                await self._forget_upload(upload_id)
                 raise self._mismatch(digest, f"{digest.algorithm}:{actual}")
             await self.blobs.commit(self.uploads.path(upload_id), digest)
             self.uploads.forget(upload_id)
@@ -363,7 +362,8 @@ class Registry:
             discard(body)
             self._unlock(upload_id, lock)
 
-    async def cancel_upload_unlocked(self, upload_id: str) -> None:
+    async def _forget_upload(self, upload_id: str) -> None:
+        """Drop a session and its bytes (the caller holds its lock)."""
         await self.metadata.delete_upload(upload_id)
         await self.uploads.delete(upload_id)
 
@@ -373,7 +373,7 @@ class Registry:
         await lock.acquire()
         try:
             await self._session(repo, upload_id)
-            await self.cancel_upload_unlocked(upload_id)
+            await self._forget_upload(upload_id)
         finally:
             self._unlock(upload_id, lock)
 
@@ -474,7 +474,8 @@ class Registry:
         return await self._page(lambda lim: self.metadata.catalog(lim, last), limit)
 
     @staticmethod
-    async def _page(fetch, limit: int | None) -> Page:  # type: ignore[no-untyped-def]
+    async def _page(fetch: Callable[[int | None], "Deferred[list[str]]"], limit: int | None) -> Page:
+        """One page of C{limit} items (None: all), asking for one more to know if more remain."""
         if limit == 0:
             return Page([], None)
         items = await fetch(None if limit is None else limit + 1)

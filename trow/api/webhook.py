@@ -6,7 +6,7 @@ appends C{?timeout=10s} to the configured path: routing ignores query strings, s
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from klein import Klein
 from twisted.web.iweb import IRequest
@@ -39,18 +39,12 @@ class WebhookAPI:
 
     @app.route("/validate-image", methods=["POST"])
     def validate(self, request: IRequest) -> Any:
-        body = _body(request)
-        if body is None:
-            return _too_large(request)
-        return _send(request, validate_review(body, self.validator))
+        return _review(request, lambda body: validate_review(body, self.validator))
 
     @app.route("/mutate-image", methods=["POST"])
     def mutate(self, request: IRequest) -> Any:
-        body = _body(request)
-        if body is None:
-            return _too_large(request)
         # No image_mutation configured (mutator None): every pod is allowed unchanged.
-        return _send(request, mutate_review(body, self.mutator))
+        return _review(request, lambda body: mutate_review(body, self.mutator))
 
     @app.route("/", branch=True)
     def not_found(self, request: IRequest) -> Any:
@@ -59,19 +53,12 @@ class WebhookAPI:
         )
 
 
-def _body(request: IRequest) -> bytes | None:
+def _review(request: IRequest, answer: Callable[[bytes], Reply]) -> bytes:
+    """Read the AdmissionReview (refusing oversized bodies) and send the answer as JSON."""
     content = request.content
     content.seek(0, 2)
     if content.tell() > MAX_REVIEW_SIZE:
-        return None
+        return send_json(request, 413, {"message": f"an AdmissionReview is at most {MAX_REVIEW_SIZE} bytes"})
     content.seek(0)
-    data: bytes = content.read()
-    return data
-
-
-def _too_large(request: IRequest) -> bytes:
-    return send_json(request, 413, {"message": f"an AdmissionReview is at most {MAX_REVIEW_SIZE} bytes"})
-
-
-def _send(request: IRequest, reply: Reply) -> bytes:
+    reply = answer(content.read())
     return send_bytes(request, reply.status, reply.body(), "application/json")

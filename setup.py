@@ -25,6 +25,10 @@ setup(
         "cryptography>=42",
         # The public suffix list, bundled: whether a token realm is in an upstream's own domain.
         "publicsuffixlist>=1.0",
+        # htpasswd entries (bcrypt), signed registry tokens (JWT, HS256), /metrics.
+        "bcrypt>=4.1",
+        "pyjwt>=2.8",
+        "prometheus-client>=0.20",
     ],
     extras_require={
         "test": [

@@ -121,7 +121,7 @@ class RegistryAPI:
     @app.route("/v2/<anypath:rest>")
     def dispatch(self, request: IRequest, rest: str) -> Any:
         if rest == "_catalog":
-            return self._handle(request, self._catalog)
+            return self._handle(request, self._catalog, route="catalog")
         for pattern, kind in _ROUTES:
             match = pattern.match(rest)
             if match:
@@ -131,8 +131,8 @@ class RegistryAPI:
                     handler = getattr(self, f"_{kind}_get", None)
                 if handler is None:
                     handler = self._unsupported(method, kind)
-                return self._handle(request, handler, routed=kind, **match.groupdict())
-        return self._handle(request, self._unknown_path)
+                return self._handle(request, handler, routed=kind, route=kind, **match.groupdict())
+        return self._handle(request, self._unknown_path, route="unknown")
 
     def _route(self, request: IRequest, name: str) -> tuple[Any, str]:
         """Pick the local registry or the cache for a repository name (and C{?ns=})."""
@@ -143,9 +143,16 @@ class RegistryAPI:
         return self.registry, name
 
     def _handle(
-        self, request: IRequest, handler: Callable[..., Awaitable[Any]], routed: str | None = None, **kwargs: Any
+        self,
+        request: IRequest,
+        handler: Callable[..., Awaitable[Any]],
+        routed: str | None = None,
+        route: str = "base",
+        **kwargs: Any,
     ) -> "Deferred[Any]":
         request.setHeader(*API_VERSION_HEADER)
+        # A short, bounded label for metrics and logs (never the raw path).
+        request.trow_route = route  # type: ignore[attr-defined]
 
         async def run() -> Any:
             try:
@@ -176,14 +183,16 @@ class RegistryAPI:
 
     @app.route("/", branch=True)
     def not_found(self, request: IRequest) -> Any:
-        return self._handle(request, self._unknown_path)
+        return self._handle(request, self._unknown_path, route="unknown")
 
     @app.route("/healthz", methods=["GET", "HEAD"])
     def healthz(self, request: IRequest) -> Any:
+        request.trow_route = "healthz"  # type: ignore[attr-defined]
         return health.healthz(request)
 
     @app.route("/readiness", methods=["GET", "HEAD"])
     def readiness(self, request: IRequest) -> Any:
+        request.trow_route = "readiness"  # type: ignore[attr-defined]
         return health.readiness(request, self.registry.blobs)
 
     # -- manifests --------------------------------------------------------------------------

@@ -147,9 +147,28 @@ class GCConfig:
 
 @attrs.frozen
 class LimitsConfig:
-    """The ``limits`` section: request size limits with safe defaults."""
+    """The ``limits`` section: what one client, or a crowd of them, may cost trow.
+
+    Every key is optional; the defaults are safe for a registry inside a cluster:
+
+    - ``max_manifest_size`` (4MiB): largest manifest accepted on push or from an upstream.
+    - ``max_concurrent_uploads`` (64): request bodies the registry listeners receive at once;
+      beyond it a request gets 429 ``TOOMANYREQUESTS`` with ``Retry-After``.
+    - ``max_header_size`` (16KiB): request line plus headers of one request; beyond it the
+      client gets 431 and the connection is closed.
+    - ``idle_timeout`` (60s): how long a connection may move no bytes, whether it is between
+      requests, sending a body, or not reading the response it asked for.
+    - ``header_timeout`` (30s): a request line and its headers must be complete this long after
+      their first byte (a client sending one byte a minute is cut: 408).
+    - ``max_connections`` (1024): open connections per listener; more are closed at once.
+    """
 
     max_manifest_size: int = 4 * 2**20
+    max_concurrent_uploads: int = 64
+    max_header_size: int = 16 * 2**10
+    idle_timeout: float = 60.0
+    header_timeout: float = 30.0
+    max_connections: int = 1024
 
 
 @attrs.frozen
@@ -319,12 +338,43 @@ def _gc(value: object, path: str) -> GCConfig:
 
 def _limits(value: object, path: str) -> LimitsConfig:
     section = _mapping(value, path)
-    _check_keys(section, path, ["max_manifest_size"])
+    keys = [f.name for f in attrs.fields(LimitsConfig)]
+    _check_keys(section, path, keys)
     defaults = LimitsConfig()
-    manifest = parse_size(section.get("max_manifest_size", defaults.max_manifest_size), f"{path}.max_manifest_size")
-    if manifest < 1024:
-        raise ConfigError(f"{path}.max_manifest_size", "must be at least 1KiB")
-    return LimitsConfig(max_manifest_size=manifest)
+
+    def size(key: str, lowest: int, highest: int, shown: str) -> int:
+        where = f"{path}.{key}"
+        got = parse_size(section.get(key, getattr(defaults, key)), where)
+        if not lowest <= got <= highest:
+            raise ConfigError(where, f"must be {shown}, got {got} bytes")
+        return got
+
+    def count(key: str, highest: int) -> int:
+        where = f"{path}.{key}"
+        got = section.get(key, getattr(defaults, key))
+        if isinstance(got, bool) or not isinstance(got, int):
+            raise ConfigError(where, f"expected a whole number, got {got!r}")
+        if not 1 <= got <= highest:
+            raise ConfigError(where, f"must be between 1 and {highest}, got {got}")
+        return got
+
+    def seconds(key: str) -> float:
+        where = f"{path}.{key}"
+        got = parse_duration(section.get(key, getattr(defaults, key)), where)
+        # Zero would mean "cut at once" or "never", both of which defeat the limit.
+        if not 1 <= got <= 86400:
+            raise ConfigError(where, f"must be between 1s and 1d, got {got:g}s")
+        return got
+
+    return LimitsConfig(
+        max_manifest_size=size("max_manifest_size", 1024, 2**63, "at least 1KiB"),
+        max_concurrent_uploads=count("max_concurrent_uploads", 1_000_000),
+        # Under 1KiB not even a registry request with a bearer token fits.
+        max_header_size=size("max_header_size", 1024, 2**20, "between 1KiB and 1MiB"),
+        idle_timeout=seconds("idle_timeout"),
+        header_timeout=seconds("header_timeout"),
+        max_connections=count("max_connections", 1_000_000),
+    )
 
 
 _SECTIONS: dict[str, Callable[[object, str], object]] = {

@@ -13,10 +13,12 @@ from twisted.internet.defer import ensureDeferred, maybeDeferred
 from twisted.logger import Logger
 
 from trow.api.http import API_VERSION_HEADER
+from trow.api.metrics import metrics_site
 from trow.api.registry import RegistryAPI
 from trow.api.webhook import WebhookAPI
-from trow.api.site import TrowSite
+from trow.api.site import TrowSite, UploadSlots, ensure_fd_headroom
 from trow.config import ProxyConfig
+from trow.metrics import Metrics, ReactorLagMonitor
 from trow.proxy.names import UpstreamDirectory
 from trow.proxy.service import ProxyRegistry
 from trow.proxy.tee import Fetcher
@@ -120,6 +122,7 @@ class SequentialMultiService(MultiService):
 def build_service(settings: Any, reactor: Any) -> MultiService:
     """The whole trow process as one service tree."""
     root = SequentialMultiService()
+    metrics = Metrics(clock=reactor, process=True)
     disk = ThreadWorker(reactor, "trow-disk", max_threads=4)
     db = ThreadWorker(reactor, "trow-db", max_threads=1)
     stores = open_stores(settings.data_dir, disk, db)
@@ -137,23 +140,46 @@ def build_service(settings: Any, reactor: Any) -> MultiService:
     registry = Registry(stores.blobs, stores.uploads, stores.metadata, settings.config.limits.max_manifest_size)
     proxy = build_proxy(registry, settings.config.registry_proxies, reactor, settings.hostname)
     _UpstreamPool(proxy).setServiceParent(root)
-    site = TrowSite(
-        RegistryAPI(registry, proxy).resource(), spool_store=stores.blobs, default_headers=(API_VERSION_HEADER,)
-    )
+    limits = settings.config.limits
+    resource = RegistryAPI(registry, proxy).resource()
+    uploads = UploadSlots(limits.max_concurrent_uploads, metrics)
+    # One site per listener, so that max_connections counts per listener; the upload slots are
+    # shared, as the disk is.
     for description in settings.listen:
+        site = TrowSite(
+            resource,
+            spool_store=stores.blobs,
+            default_headers=(API_VERSION_HEADER,),
+            limits=limits,
+            metrics=metrics,
+            uploads=uploads,
+            reactor=reactor,
+        )
         strports.service(description, site, reactor=reactor).setServiceParent(root)
     if settings.webhook_listen:
-        add_webhook(root, settings, reactor)
+        add_webhook(root, settings, reactor, metrics)
+    if settings.metrics_listen:
+        add_metrics(root, settings, reactor, metrics)
+    listeners = len(settings.listen) + len(settings.webhook_listen) + (1 if settings.metrics_listen else 0)
+    ensure_fd_headroom(limits.max_connections * listeners)
     return root
 
 
-def add_webhook(root: MultiService, settings: Any, reactor: Any) -> None:
+def add_metrics(root: MultiService, settings: Any, reactor: Any, metrics: Metrics) -> None:
+    """C{--metrics-listen}: /metrics on a listener of its own, and the reactor lag it reports."""
+    ReactorLagMonitor(metrics, reactor).setServiceParent(root)
+    site = metrics_site(metrics, settings.config.limits, reactor)
+    strports.service(settings.metrics_listen, site, reactor=reactor).setServiceParent(root)
+
+
+def add_webhook(root: MultiService, settings: Any, reactor: Any, metrics: Metrics | None = None) -> None:
     """The admission webhook on its own listeners (normally TLS, with certificates followed)."""
     config = settings.config
     validator = Validator.from_config(config, settings.hostname)
     mutator = Mutator.from_config(config, settings.hostname) if config.image_mutation.registries else None
-    site = TrowSite(WebhookAPI(validator, mutator).resource())
+    resource = WebhookAPI(validator, mutator, metrics).resource()
     for description in settings.webhook_listen:
+        site = TrowSite(resource, limits=config.limits, metrics=metrics, name="webhook", reactor=reactor)
         endpoint = reloading_ssl_endpoint(reactor, description)
         if endpoint is None:
             strports.service(description, site, reactor=reactor).setServiceParent(root)

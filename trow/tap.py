@@ -16,6 +16,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from trow.config import Config, ConfigError, config_summary, load_config
+from trow.logs import LogFormatError, use_log_format
 
 
 @attrs.frozen
@@ -118,8 +119,6 @@ def _refuse_unbuilt(options: "Options", config: Config) -> None:
             "authentication (--user/--password, --htpasswd, the auth: section) is not available in this "
             "version of trow; refusing to start an open registry you meant to protect"
         )
-    if options["metrics-listen"]:
-        fail("--metrics-listen: metrics are not available in this version of trow")
 
 
 class Options(usage.Options):
@@ -133,6 +132,7 @@ class Options(usage.Options):
         ["config", None, None, "YAML config file (Trow v0.10 keys accepted)."],
         ["hostname", None, None, "Public name of this registry (auth realms, rewritten images)."],
         ["metrics-listen", None, None, "Endpoint description for a separate /metrics listener."],
+        ["log-format", None, None, "Log format: text (default) or json (one JSON object per line)."],
         ["user", None, None, "Single user name (Trow-compatible)."],
         ["password", None, None, "Password of --user; may be file:///path."],
         ["htpasswd", None, None, "bcrypt htpasswd file with many users."],
@@ -186,6 +186,11 @@ class Options(usage.Options):
         if self["htpasswd"] and not os.path.isfile(self["htpasswd"]):
             fail(f"--htpasswd {self['htpasswd']!r} is not a readable file")
         _refuse_unbuilt(self, config)
+        try:
+            # Tells the runner (twistd or twist) which log observer to create; see trow.logs.
+            use_log_format(self.parent, self["log-format"])
+        except LogFormatError as e:
+            fail(str(e))
         _check_webhook_rules(config, self["hostname"])
         self.settings = Settings(
             listen=listen,
@@ -207,6 +212,7 @@ class Options(usage.Options):
                 "hostname": self["hostname"],
                 "webhook_listen": list(self["webhook-listen"]),
                 "metrics_listen": self["metrics-listen"],
+                "log_format": self["log-format"] or "text",
                 "user": self["user"],
                 "htpasswd": self["htpasswd"],
                 "config": config_summary(config),

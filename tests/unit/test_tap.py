@@ -185,7 +185,6 @@ def test_missing_htpasswd(capsys: pytest.CaptureFixture[str], data_dir: str, tmp
     "args, fragment",
     [
         (("--user", "admin", "--password", "pw"), "authentication"),
-        (("--metrics-listen", "tcp:0"), "--metrics-listen"),
     ],
 )
 def test_features_not_built_are_refused(capsys: pytest.CaptureFixture[str], data_dir: str, args: tuple[str, ...], fragment: str) -> None:

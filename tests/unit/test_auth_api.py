@@ -19,7 +19,7 @@ from twisted.web.iweb import IRequest
 
 from tests.unit.harness import Client, Response
 from tests.unit.test_auth_helpers import LogCapture, RecordingWorker, bcrypt_hash, fake_clock, logs, write_file
-from trow.api.auth import AuthAPI
+from trow.api.auth import AuthAPI, required_actions
 from trow.api.http import send_error, send_json
 from trow.auth.service import Authenticator
 from trow.config import AuthConfig, config_from_dict
@@ -69,6 +69,31 @@ class Registry:
             identity = await self.api.require_catalog(request)
             names = ["team-a/app", "team-b/app", "public"]
             return send_json(request, 200, {"repositories": [n for n in names if self.api.can_pull(identity, n)]})
+
+        return self._run(request, work)
+
+    @app.route("/v2/<path:name>/tags/list", methods=["GET"])
+    def tags(self, request: IRequest, name: str) -> Any:
+        """A proxied read: ?ns=<host> maps the name to the cache repository f/<host>/<name>."""
+
+        async def work() -> Any:
+            identity = await self.api.require(request, name, "pull")
+            ns = request.args.get(b"ns")
+            if ns:
+                self.api.authorize(request, identity, name, "pull", f"f/{ns[0].decode()}/{name}")
+            return send_json(request, 200, {"user": identity.user})
+
+        return self._run(request, work)
+
+    @app.route("/v2/<path:name>/blobs/uploads/", methods=["POST"])
+    def upload(self, request: IRequest, name: str) -> Any:
+        """A cross-repository mount: the source is mounted only if the client may pull it."""
+
+        async def work() -> Any:
+            identity = await self.api.require(request, name, required_actions(b"POST", "uploads"))
+            source = request.args.get(b"from", [b""])[0].decode()
+            mounted = bool(source) and self.api.permits(identity, source, "pull")
+            return send_json(request, 201 if mounted else 202, {"mounted": mounted})
 
         return self._run(request, work)
 
@@ -144,7 +169,9 @@ def test_base_without_credentials_is_challenged(env: Env) -> None:
     assert response.header("www-authenticate") == 'Bearer realm="http://trow.test/login",service="trow"'
 
 
-@pytest.mark.parametrize(("method", "action"), [("GET", "pull"), ("HEAD", "pull"), ("PUT", "push"), ("DELETE", "delete")])
+@pytest.mark.parametrize(
+    ("method", "action"), [("GET", "pull"), ("HEAD", "pull"), ("PUT", "push"), ("DELETE", "delete")]
+)
 def test_repository_challenge_names_the_scope(env: Env, method: str, action: str) -> None:
     """The challenge's scope is the repository and the action the request needs."""
     response = env.client.request(method, "/v2/team-a/app/manifests/latest")
@@ -155,7 +182,8 @@ def test_repository_challenge_names_the_scope(env: Env, method: str, action: str
 
 def test_realm_follows_forwarded_headers(env: Env) -> None:
     """Behind an ingress: X-Forwarded-Proto and the first X-Forwarded-Host."""
-    response = env.get("/v2/", **{"X-Forwarded-Proto": "https, http", "X-Forwarded-Host": "reg.example.com, trow.svc:8000"})
+    forwarded = {"X-Forwarded-Proto": "https, http", "X-Forwarded-Host": "reg.example.com, trow.svc:8000"}
+    response = env.get("/v2/", **forwarded)
     assert challenge_params(response.header("www-authenticate"))["realm"] == "https://reg.example.com/login"
 
 
@@ -250,7 +278,9 @@ def test_docker_style_token_flow(env: Env) -> None:
 
 def test_login_takes_several_scope_parameters_and_spaces(env: Env) -> None:
     """scope repeated, and several scopes in one value: all are considered."""
-    token = env.token("alice", "alice-pw", "repository:team-a/app:pull", "repository:team-a/b:push repository:public:pull")
+    token = env.token(
+        "alice", "alice-pw", "repository:team-a/app:pull", "repository:team-a/b:push repository:public:pull"
+    )
     assert env.get("/v2/team-a/app/manifests/x", token).code == 200
     assert env.client.put("/v2/team-a/b/manifests/x", headers={"Authorization": token}).code == 200
     assert env.get("/v2/public/manifests/x", token).code == 200
@@ -341,7 +371,7 @@ def test_post_login_oauth2_password_grant(env: Env) -> None:
 def test_post_login_refusals(env: Env) -> None:
     """Wrong password: 401; another grant type: 400 (containerd then falls back to GET)."""
     headers = {"Content-Type": "application/x-www-form-urlencoded"}
-    wrong = urlencode({"grant_type": "password", "username": "alice", "password": "x", "scope": "repository:public:pull"})
+    wrong = urlencode({"grant_type": "password", "username": "alice", "password": "x", "scope": "repository:x:pull"})
     response = env.client.post("/login", wrong.encode(), headers=headers)
     assert response.code == 401 and response.error_code() == "UNAUTHORIZED"
     refresh = urlencode({"grant_type": "refresh_token", "refresh_token": "abc"})
@@ -410,3 +440,63 @@ def test_no_secret_reaches_the_logs(env: Env, logs: LogCapture) -> None:
         basic("alice", "alice-pw").split()[1],
         basic("bob", "bob-pw").split()[1],
     )
+
+
+# -- wiring helpers ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "kind", "actions"),
+    [
+        (b"GET", "manifest", ("pull",)),
+        (b"HEAD", "blob", ("pull",)),
+        (b"get", "tags", ("pull",)),
+        (b"GET", "referrers", ("pull",)),
+        (b"PUT", "manifest", ("push",)),
+        (b"DELETE", "manifest", ("delete",)),
+        (b"DELETE", "blob", ("delete",)),
+        (b"POST", "uploads", ("push",)),
+        (b"PATCH", "upload", ("push",)),
+        (b"PUT", "upload", ("push",)),
+        (b"GET", "upload", ("push",)),  # an upload's status is part of a push
+        (b"DELETE", "upload", ("push",)),  # cancelling an upload is not deleting content
+    ],
+)
+def test_required_actions(method: bytes, kind: str, actions: tuple[str, ...]) -> None:
+    """What each registry route needs."""
+    assert required_actions(method, kind) == actions
+
+
+def test_proxied_request_checks_the_cache_repository_too(tmp_path: Path) -> None:
+    """?ns=ghcr.io: the rules on f/ghcr.io/... apply, not only those on the name in the path."""
+    env = Env(
+        tmp_path,
+        rules=[
+            {"users": ["alice"], "repositories": ["library", "f/docker.io"], "actions": ["pull"]},
+            {"users": ["bob"], "repositories": [""], "actions": ["pull"]},
+        ],
+    )
+    alice = basic("alice", "alice-pw")
+    assert env.get("/v2/library/alpine/tags/list?ns=docker.io", alice).code == 200
+    refused = env.get("/v2/library/alpine/tags/list?ns=ghcr.io", alice)
+    assert refused.code == 403 and refused.error_code() == "DENIED"
+    assert env.get("/v2/library/alpine/tags/list?ns=ghcr.io", basic("bob", "bob-pw")).code == 200
+    token = env.token("alice", "alice-pw", "repository:library/alpine:pull")
+    assert env.get("/v2/library/alpine/tags/list?ns=docker.io", token).code == 200
+    assert env.get("/v2/library/alpine/tags/list?ns=ghcr.io", token).code == 403
+
+
+def test_mount_source_needs_pull(env: Env) -> None:
+    """A mount from a repository the client may not pull is not done (a plain upload instead)."""
+
+    def mount(source: str, authorization: str) -> int:
+        url = f"/v2/team-a/app/blobs/uploads/?mount=sha256:x&from={source}"
+        return env.client.post(url, headers={"Authorization": authorization}).code
+
+    alice = basic("alice", "alice-pw")
+    assert mount("team-a/base", alice) == 201
+    assert mount("team-b/secret", alice) == 202
+    # A token without pull on the source: no mount, even though the policy would allow it.
+    assert mount("team-a/base", env.token("alice", "alice-pw", "repository:team-a/app:push")) == 202
+    wider = env.token("alice", "alice-pw", "repository:team-a/app:push", "repository:team-a/base:pull")
+    assert mount("team-a/base", wider) == 201

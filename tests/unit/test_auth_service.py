@@ -331,7 +331,9 @@ def test_login_grants_only_what_the_policy_allows(env: Env) -> None:
         ensureDeferred(
             env.auth.login(
                 Credentials("alice", "alice-pw"),
-                parse_scopes(["repository:team-a/app:pull,push,delete", "repository:public:*", "repository:team-b/x:pull", "bad"]),
+                parse_scopes(
+                    ["repository:team-a/app:pull,push,delete", "repository:public:*", "repository:team-b/x:pull", "bad"]
+                ),
             )
         )
     )
@@ -419,7 +421,7 @@ def test_htpasswd_from_the_config_key(tmp_path: Path) -> None:
         ({"user": "u", "password": None}, "--user and --password go together"),
         ({"user": None, "password": "p"}, "--user and --password go together"),
         ({"htpasswd": "/nonexistent/htpasswd"}, "--htpasswd /nonexistent/htpasswd: cannot read it"),
-        ({"config": AuthConfig(htpasswd="/nonexistent/h", configured=True)}, "auth.htpasswd /nonexistent/h: cannot read"),
+        ({"config": AuthConfig(htpasswd="/nonexistent/h", configured=True)}, "auth.htpasswd /nonexistent/h: cannot"),
         ({"config": AuthConfig(configured=True)}, "nobody can log in"),
         ({"user": "u", "password": "p", "config": AuthConfig(token_key="short", configured=True)}, "at least 32 bytes"),
     ],

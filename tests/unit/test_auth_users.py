@@ -343,7 +343,8 @@ def test_unreadable_file_keeps_the_last_good_users(htpasswd: str, logs: LogCaptu
 
 def test_combined_users_accept_a_user_of_either_store(htpasswd: str) -> None:
     """--user and --htpasswd together: both kinds of users get in."""
-    store = Users((SingleUser("admin", "admin-pw"), HtpasswdUsers.load(htpasswd, RecordingWorker(), fake_clock().seconds)))
+    from_file = HtpasswdUsers.load(htpasswd, RecordingWorker(), fake_clock().seconds)
+    store = Users((SingleUser("admin", "admin-pw"), from_file))
     assert check(store, "admin", "admin-pw")
     assert check(store, "alice", ALICE_PW)
     assert not check(store, "admin", ALICE_PW)

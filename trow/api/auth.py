@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from trow.api.http import query_all, request_body, send_error, send_json, shielded
-from trow.auth.scopes import Scope, parse_scopes
+from trow.auth.scopes import DELETE, PULL, PUSH, Scope, parse_scopes
 from trow.auth.service import AuthError, Authenticator, Credentials, Denied, Identity, parse_authorization
 from trow.registry.errors import RegistryError
 
@@ -34,6 +34,22 @@ BASIC_CHALLENGE = 'Basic realm="trow"'
 _HOST = re.compile(r"^[A-Za-z0-9.\-]+(?::\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](?::\d{1,5})?$")
 # A token request body is a short form; anything larger is not one.
 MAX_FORM_BYTES = 64 * 1024
+
+
+def required_actions(method: bytes, kind: str) -> tuple[str, ...]:
+    """What a request on a repository needs: GET and HEAD pull, DELETE delete, the rest push.
+
+    C{kind} is RegistryAPI's route kind. Everything on an upload session (C{uploads}, C{upload}),
+    its status (GET) and its cancellation (DELETE) included, is part of a push.
+    """
+    verb = method.upper()
+    if kind in ("uploads", "upload"):
+        return (PUSH,)
+    if verb in (b"GET", b"HEAD"):
+        return (PULL,)
+    if verb == b"DELETE":
+        return (DELETE,)
+    return (PUSH,)
 
 
 def _header(request: IRequest, name: str) -> str | None:
@@ -135,6 +151,28 @@ class AuthAPI:
             raise self.refusal(request, e) from None
         return identity
 
+    def authorize(
+        self,
+        request: IRequest,
+        identity: Identity,
+        repository: str,
+        actions: str | Iterable[str],
+        cache_repository: str | None = None,
+    ) -> None:
+        """L{require} for an identity already known: raise L{RegistryError} 401/403 unless allowed.
+
+        For a proxied request whose cache repository is only known after routing (an alias, or
+        C{?ns=}): C{require} on the name in the path first, then this with the cache name.
+        """
+        try:
+            self.authenticator.authorize(identity, repository, actions, cache_repository)
+        except AuthError as e:
+            raise self.refusal(request, e) from None
+
+    def permits(self, identity: Identity, repository: str, actions: str | Iterable[str]) -> bool:
+        """True if C{identity} may do C{actions} on C{repository} (no error, no challenge)."""
+        return self.authenticator.permits(identity, repository, actions)
+
     async def require_catalog(self, request: IRequest) -> Identity:
         """Like L{require}, for C{/v2/_catalog}; filter the list with L{can_pull}."""
         identity = await self.identify(request)
@@ -204,7 +242,7 @@ class AuthAPI:
         grant_type = (form.get("grant_type") or [""])[0]
         if grant_type != "password":
             # Refresh tokens are not issued; containerd falls back to GET on a 400.
-            raise RegistryError("UNSUPPORTED", f"grant_type {grant_type!r} is not supported", status=400)
+            raise RegistryError("UNSUPPORTED", f"grant_type {grant_type[:40]!r} is not supported", status=400)
         username = (form.get("username") or [""])[0]
         password = (form.get("password") or [""])[0]
         credentials = Credentials(username, password) if username else self._credentials(request)

@@ -267,7 +267,19 @@ class Authenticator:
             actions=",".join(sorted_actions(needed)),
             repository=repository,
         )
-        raise Denied(f"{identity.user or 'anonymous'} may not {'/'.join(sorted_actions(needed))} {repository}", (scope,))
+        who = identity.user or "anonymous"
+        raise Denied(f"{who} may not {'/'.join(sorted_actions(needed))} {repository}", (scope,))
+
+    def permits(
+        self, identity: Identity, repository: str, actions: str | Iterable[str], cache_repository: str | None = None
+    ) -> bool:
+        """L{authorize} as a yes/no: for optional extras such as the source of a cross-repository
+        mount, which a client without pull rights on it simply does not get (a plain upload)."""
+        try:
+            self.authorize(identity, repository, actions, cache_repository)
+        except AuthError:
+            return False
+        return True
 
     def authorize_catalog(self, identity: Identity) -> None:
         """The catalog (C{registry:catalog:*}) is for authenticated users only.

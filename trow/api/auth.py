@@ -16,15 +16,12 @@ from typing import Any, Iterable
 from urllib.parse import parse_qs
 
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from trow.api.http import query_all, request_body, send_error, send_json, shielded
 from trow.auth.scopes import DELETE, PULL, PUSH, Scope, parse_scopes
 from trow.auth.service import AuthError, Authenticator, Credentials, Denied, Identity, parse_authorization
 from trow.registry.errors import RegistryError
-
-_log = Logger()
 
 SERVICE = "trow"
 LOGIN_PATH = "/login"

@@ -23,10 +23,14 @@ Access log
       C{text} leaves twistd's own observer, and all its options, alone.
     - C{twist}: its C{fileLogObserverFactory} option (what C{twist --log-format} sets), set to
       L{json_observer} or L{text_observer}; twist still opens C{--log-file} and filters by
-      C{--log-level}. Without trow's C{--log-format}, trow writes text unless twist was given
-      its own C{--log-format}.
+      C{--log-level}.
 
-    Under any other runner (tests, an embedding program) the option changes nothing.
+    Without trow's C{--log-format} the runner's own choice stands: twistd writes text; twist
+    writes text to a terminal and otherwise Twisted's own JSON records (each after an RS
+    character), unless told otherwise by C{twist --log-format}. twist makes that choice before
+    it parses trow's options, so trow cannot tell twist's default from an explicit choice, and
+    does not override either. Under any other runner (tests, an embedding program) the option
+    changes nothing.
 
 JSON lines
     One JSON object per line, no record separator: C{time} (ISO 8601, UTC), C{level},
@@ -271,11 +275,7 @@ def use_log_format(runner_options: Any, log_format: str | None) -> None:
             )
         runner_options["logger"] = f"{__name__}.json_stdout_observer"
         return
-    if _is_twist(runner_options):
-        if log_format is None:
-            if "fileLogObserverFactory" in runner_options:
-                return  # twist --log-format was given: the operator chose twist's own format
-            log_format = "text"
+    if log_format is not None and _is_twist(runner_options):
         runner_options["fileLogObserverFactory"] = json_observer if log_format == "json" else text_observer
         runner_options["logFormat"] = log_format
 

@@ -466,3 +466,95 @@ class BlobStore:
     def delete(self, digest: Digest) -> "Deferred[None]":
         """Remove a stored blob (garbage collection)."""
         return self.worker.run(discard_file, self.path(digest))
+
+    # Garbage collection (trow.registry.gc): the walk, and moving doomed files aside and back.
+
+    def _walk_sync(self) -> list[str]:
+        found: list[str] = []
+        for algorithm in sorted(os.listdir(self.blob_root)):
+            top = os.path.join(self.blob_root, algorithm)
+            if not os.path.isdir(top):
+                continue
+            for prefix in sorted(os.listdir(top)):
+                folder = os.path.join(top, prefix)
+                if not os.path.isdir(folder):
+                    continue
+                with os.scandir(folder) as entries:
+                    for entry in entries:
+                        if not entry.is_file(follow_symlinks=False) or not entry.name.startswith(prefix):
+                            continue
+                        try:
+                            digest = Digest.parse(f"{algorithm}:{entry.name}")
+                        except Exception:
+                            # Not a digest trow wrote (RegistryError): never touch what we did not make.
+                            continue
+                        if self.path(digest) == entry.path:
+                            found.append(str(digest))
+        return found
+
+    def walk(self) -> "Deferred[list[str]]":
+        """Every digest stored under C{blobs/}, by walking the tree on the worker. Files whose
+        names are not digests in their right place are left out (and so never deleted)."""
+        return self.worker.run(self._walk_sync)
+
+    def _stat_sync(self, digests: list[str]) -> dict[str, tuple[int, float]]:
+        found: dict[str, tuple[int, float]] = {}
+        for value in digests:
+            try:
+                st = os.stat(self.path(Digest.parse(value)))
+            except FileNotFoundError:
+                continue
+            except Exception:
+                continue  # not a digest: nothing stored under it
+            found[value] = (st.st_size, st.st_mtime)
+        return found
+
+    def stat_many(self, digests: Iterable[str]) -> "Deferred[dict[str, tuple[int, float]]]":
+        """(size, mtime) of each stored blob of C{digests}; those not stored are left out."""
+        return self.worker.run(self._stat_sync, list(digests))
+
+    def move_aside_sync(self, digest: str) -> str | None:
+        """Rename the blob file of C{digest} to a fresh name in C{tmp/}; return that name, or
+        None if it is not stored. Blocking but cheap (one rename): the collector runs it on the
+        db worker, inside the check that the digest has no link."""
+        try:
+            source = self.path(Digest.parse(digest))
+        except Exception:
+            return None
+        aside = self.temp_path("gc")
+        try:
+            os.rename(source, aside)
+        except FileNotFoundError:
+            return None
+        return aside
+
+    def put_back_sync(self, digest: str, aside: str) -> None:
+        """Move a file moved aside back into place, durably, unless the blob was stored again
+        meanwhile (the copy aside is then simply left for the caller to delete). Blocking."""
+        target = self.path(Digest.parse(digest))
+        if os.path.exists(target):
+            return
+        parent = os.path.dirname(target)
+        os.makedirs(parent, exist_ok=True)
+        try:
+            os.rename(aside, target)
+        except FileNotFoundError:
+            return  # nothing aside: there is nothing to put back
+        # The link that asked for it commits right after: the rename must not be lost first.
+        fsync_dir(parent)
+
+    def _remove_sync(self, paths: list[str]) -> dict[str, int]:
+        removed: dict[str, int] = {}
+        for path in paths:
+            try:
+                size = os.stat(path).st_size
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+            removed[path] = size
+        return removed
+
+    def remove_aside(self, paths: Iterable[str]) -> "Deferred[dict[str, int]]":
+        """Delete files moved aside (on the worker: unlinking a large file takes a while); returns
+        the size of each file that was there."""
+        return self.worker.run(self._remove_sync, list(paths))

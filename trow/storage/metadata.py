@@ -45,6 +45,56 @@ CREATE INDEX IF NOT EXISTS tags_digest ON tags (repo, digest);
 CREATE TABLE IF NOT EXISTS uploads (
     uuid TEXT PRIMARY KEY, repo TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL
 );
+-- Garbage collection (trow.registry.gc). All IF NOT EXISTS: older data dirs gain them on open.
+-- gc_access: when proxied content was last read. gc_links: when each link was last made (an
+-- INSERT OR IGNORE of an existing link leaves repo_blobs.created alone, so a re-push would not
+-- count as fresh without it). gc_sizes: blob sizes (content-addressed, so never stale).
+-- gc_candidates: digests that lost a row, to check without walking blobs/ (evicted: no grace
+-- period for the file, which only guards pushes that have not linked it yet). gc_quarantine: blob
+-- files moved aside, not yet deleted. gc_swept: links removed by the last sweep.
+CREATE TABLE IF NOT EXISTS gc_access (
+    repo TEXT NOT NULL, digest TEXT NOT NULL, atime REAL NOT NULL, PRIMARY KEY (repo, digest)
+);
+CREATE TABLE IF NOT EXISTS gc_links (
+    repo TEXT NOT NULL, digest TEXT NOT NULL, linked REAL NOT NULL, PRIMARY KEY (repo, digest)
+);
+CREATE TABLE IF NOT EXISTS gc_sizes (digest TEXT PRIMARY KEY, size INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS gc_candidates (digest TEXT PRIMARY KEY, evicted INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS gc_quarantine (digest TEXT PRIMARY KEY, path TEXT NOT NULL, since REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS gc_swept (
+    repo TEXT NOT NULL, digest TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (repo, digest)
+);
+-- BEFORE: it also fires for an INSERT OR IGNORE that finds the link already there. The outer
+-- statement's OR clause overrides a trigger's own, hence UPDATE + guarded INSERT, not REPLACE.
+CREATE TRIGGER IF NOT EXISTS gc_link_made BEFORE INSERT ON repo_blobs BEGIN
+    UPDATE gc_links SET linked = NEW.created WHERE repo = NEW.repo AND digest = NEW.digest;
+    INSERT INTO gc_links (repo, digest, linked) SELECT NEW.repo, NEW.digest, NEW.created
+        WHERE NOT EXISTS (SELECT 1 FROM gc_links WHERE repo = NEW.repo AND digest = NEW.digest);
+END;
+CREATE TRIGGER IF NOT EXISTS gc_link_gone AFTER DELETE ON repo_blobs BEGIN
+    DELETE FROM gc_links WHERE repo = OLD.repo AND digest = OLD.digest;
+    INSERT INTO gc_candidates (digest) SELECT OLD.digest
+        WHERE NOT EXISTS (SELECT 1 FROM gc_candidates WHERE digest = OLD.digest);
+END;
+CREATE TRIGGER IF NOT EXISTS gc_manifest_gone AFTER DELETE ON manifests BEGIN
+    INSERT INTO gc_candidates (digest) SELECT OLD.digest
+        WHERE NOT EXISTS (SELECT 1 FROM gc_candidates WHERE digest = OLD.digest);
+END;
+CREATE TRIGGER IF NOT EXISTS gc_reference_gone AFTER DELETE ON manifest_refs BEGIN
+    INSERT INTO gc_candidates (digest) SELECT OLD.child
+        WHERE NOT EXISTS (SELECT 1 FROM gc_candidates WHERE digest = OLD.child);
+END;
+-- A manifest stored right after the sweep removed the link its push had just checked: the
+-- link comes back, so the sweep never leaves a manifest whose blob its repository cannot serve.
+CREATE TRIGGER IF NOT EXISTS gc_swept_referenced AFTER INSERT ON manifest_refs
+    WHEN EXISTS (SELECT 1 FROM gc_swept WHERE repo = NEW.repo AND digest = NEW.child) BEGIN
+    INSERT INTO repo_blobs (repo, digest, created)
+        SELECT NEW.repo, NEW.child, COALESCE(
+            (SELECT created FROM manifests WHERE repo = NEW.repo AND digest = NEW.digest),
+            (SELECT at FROM gc_swept WHERE repo = NEW.repo AND digest = NEW.child))
+        WHERE NOT EXISTS (SELECT 1 FROM repo_blobs WHERE repo = NEW.repo AND digest = NEW.child);
+    DELETE FROM gc_swept WHERE repo = NEW.repo AND digest = NEW.child;
+END;
 """
 
 
@@ -353,3 +403,390 @@ class Metadata:
     def upload_ids_sync(self) -> set[str]:
         """Every known upload session id. Blocking: for start-up cleaning before serving."""
         return {r[0] for r in self._conn.execute("SELECT uuid FROM uploads")}
+
+    # Garbage collection (trow.registry.gc). Cache repositories are those under f/: the range
+    # test below is what "repo LIKE 'f/%'" means, in a form sqlite can answer from an index.
+
+    def gc_record_access(self, entries: Iterable[tuple[str, str, float]]) -> "Deferred[None]":
+        """Note reads of (repository, digest) at the given times; a time never moves back."""
+        rows = list(entries)
+
+        def record(c: sqlite3.Connection) -> None:
+            c.executemany(
+                "INSERT INTO gc_access (repo, digest, atime) VALUES (?, ?, ?) "
+                "ON CONFLICT (repo, digest) DO UPDATE SET atime = max(atime, excluded.atime)",
+                rows,
+            )
+
+        return self._write(record)
+
+    def gc_access_times(self, repo: str) -> "Deferred[dict[str, float]]":
+        """Last recorded read of each digest of C{repo}."""
+        return self._read(
+            lambda c: {d: t for d, t in c.execute("SELECT digest, atime FROM gc_access WHERE repo = ?", (repo,))}
+        )
+
+    def gc_stale_uploads(self, cutoff: float) -> "Deferred[list[UploadRecord]]":
+        """Upload sessions with no activity since C{cutoff}."""
+        return self._read(
+            lambda c: [
+                UploadRecord(*row)
+                for row in c.execute("SELECT uuid, repo, created FROM uploads WHERE updated < ? ORDER BY updated", (cutoff,))
+            ]
+        )
+
+    def gc_drop_stale_upload(self, upload_id: str, cutoff: float) -> "Deferred[bool]":
+        """Forget a session if it still has had no activity since C{cutoff}."""
+        return self._write(
+            lambda c: c.execute("DELETE FROM uploads WHERE uuid = ? AND updated < ?", (upload_id, cutoff)).rowcount > 0
+        )
+
+    def gc_sweep_links(self, cutoff: float, now: float, limit: int = 500) -> "Deferred[list[tuple[str, str]]]":
+        """Remove up to C{limit} blob links made before C{cutoff} that no manifest of their
+        repository references (config, layer, child, subject); return them.
+
+        Each is remembered in C{gc_swept}, so that a manifest stored just after, by a push that
+        saw the link, brings it back (trigger C{gc_swept_referenced}).
+        """
+
+        def sweep(c: sqlite3.Connection) -> list[tuple[str, str]]:
+            rows = c.execute(
+                "SELECT b.repo, b.digest FROM repo_blobs b "
+                "LEFT JOIN gc_links l ON l.repo = b.repo AND l.digest = b.digest "
+                "WHERE COALESCE(l.linked, b.created) < ? "
+                "AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child = b.digest AND r.repo = b.repo) "
+                "AND NOT EXISTS (SELECT 1 FROM manifests m WHERE m.repo = b.repo AND m.digest = b.digest) "
+                "AND NOT EXISTS (SELECT 1 FROM manifests m WHERE m.repo = b.repo AND m.subject = b.digest) "
+                "LIMIT ?",
+                (cutoff, limit),
+            ).fetchall()
+            for repo, digest in rows:
+                c.execute("DELETE FROM repo_blobs WHERE repo = ? AND digest = ?", (repo, digest))
+                c.execute("DELETE FROM gc_access WHERE repo = ? AND digest = ?", (repo, digest))
+                c.execute("INSERT OR REPLACE INTO gc_swept (repo, digest, at) VALUES (?, ?, ?)", (repo, digest, now))
+            return [(r, d) for r, d in rows]
+
+        return self._write(sweep)
+
+    def gc_tidy(self, swept_before: float) -> "Deferred[None]":
+        """Drop what no longer means anything: cache tags whose manifest is gone, read times of
+        content no longer there, and sweep records older than C{swept_before}."""
+
+        def tidy(c: sqlite3.Connection) -> None:
+            c.execute(
+                "DELETE FROM tags WHERE repo >= 'f/' AND repo < 'f0' "
+                "AND NOT EXISTS (SELECT 1 FROM manifests m WHERE m.repo = tags.repo AND m.digest = tags.digest)"
+            )
+            c.execute(
+                "DELETE FROM gc_access WHERE "
+                "NOT EXISTS (SELECT 1 FROM manifests m WHERE m.repo = gc_access.repo AND m.digest = gc_access.digest) "
+                "AND NOT EXISTS (SELECT 1 FROM repo_blobs b WHERE b.repo = gc_access.repo AND b.digest = gc_access.digest)"
+            )
+            c.execute("DELETE FROM gc_swept WHERE at < ?", (swept_before,))
+
+        return self._write(tidy)
+
+    # Sizes and least recently used proxied content.
+
+    def gc_unsized(self, limit: int = 5000) -> "Deferred[list[str]]":
+        """Digests linked in cache repositories whose size is not recorded yet (manifest sizes are
+        taken from the manifests table on the way)."""
+
+        def unsized(c: sqlite3.Connection) -> list[str]:
+            c.execute(
+                "INSERT OR IGNORE INTO gc_sizes (digest, size) "
+                "SELECT digest, size FROM manifests WHERE repo >= 'f/' AND repo < 'f0'"
+            )
+            return [
+                r[0]
+                for r in c.execute(
+                    "SELECT DISTINCT b.digest FROM repo_blobs b WHERE b.repo >= 'f/' AND b.repo < 'f0' "
+                    "AND NOT EXISTS (SELECT 1 FROM gc_sizes s WHERE s.digest = b.digest) LIMIT ?",
+                    (limit,),
+                )
+            ]
+
+        return self._write(unsized)
+
+    def gc_record_sizes(self, sizes: dict[str, int]) -> "Deferred[None]":
+        """Record blob sizes (stat on the disk worker)."""
+        rows = list(sizes.items())
+
+        def record(c: sqlite3.Connection) -> None:
+            c.executemany("INSERT OR REPLACE INTO gc_sizes (digest, size) VALUES (?, ?)", rows)
+
+        return self._write(record)
+
+    _PROXIED_ONLY = (
+        "(EXISTS (SELECT 1 FROM repo_blobs b WHERE b.digest = s.digest AND b.repo >= 'f/' AND b.repo < 'f0') "
+        "OR EXISTS (SELECT 1 FROM manifests m WHERE m.digest = s.digest AND m.repo >= 'f/' AND m.repo < 'f0') "
+        "OR EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child = s.digest AND r.repo >= 'f/' AND r.repo < 'f0')) "
+        "AND NOT EXISTS (SELECT 1 FROM repo_blobs b WHERE b.digest = s.digest AND NOT (b.repo >= 'f/' AND b.repo < 'f0')) "
+        "AND NOT EXISTS (SELECT 1 FROM manifests m WHERE m.digest = s.digest AND NOT (m.repo >= 'f/' AND m.repo < 'f0')) "
+        "AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child = s.digest AND NOT (r.repo >= 'f/' AND r.repo < 'f0'))"
+    )
+
+    def gc_proxied_bytes(self) -> "Deferred[int]":
+        """Total size of the blobs only cache repositories hold: what C{max_size} limits.
+
+        Content also linked in, or referenced by a manifest of, a pushed repository is not counted:
+        it is never evicted.
+        """
+        return self._read(
+            lambda c: int(c.execute(f"SELECT COALESCE(SUM(s.size), 0) FROM gc_sizes s WHERE {self._PROXIED_ONLY}").fetchone()[0])
+        )
+
+    def gc_lru_units(self, limit: int) -> "Deferred[list[tuple[int, str, str, float]]]":
+        """The least recently used units of cached content, oldest first, as (kind, repo,
+        digest, last use): kind 0 is a manifest that no other manifest of its cache repository
+        references (evicting it takes what only it holds), kind 1 a blob link that no manifest of
+        its repository references. Last use is the latest of its read time and when it was stored."""
+
+        def units(c: sqlite3.Connection) -> list[tuple[int, str, str, float]]:
+            rows = c.execute(
+                "SELECT 0 AS kind, m.repo, m.digest, max(m.created, COALESCE(a.atime, 0)) AS used "
+                "FROM manifests m LEFT JOIN gc_access a ON a.repo = m.repo AND a.digest = m.digest "
+                "WHERE m.repo >= 'f/' AND m.repo < 'f0' "
+                "AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child = m.digest AND r.repo = m.repo) "
+                "UNION ALL "
+                "SELECT 1, b.repo, b.digest, max(COALESCE(l.linked, b.created), COALESCE(a.atime, 0)) "
+                "FROM repo_blobs b LEFT JOIN gc_links l ON l.repo = b.repo AND l.digest = b.digest "
+                "LEFT JOIN gc_access a ON a.repo = b.repo AND a.digest = b.digest "
+                "WHERE b.repo >= 'f/' AND b.repo < 'f0' "
+                "AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child = b.digest AND r.repo = b.repo) "
+                "AND NOT EXISTS (SELECT 1 FROM manifests m WHERE m.repo = b.repo AND m.digest = b.digest) "
+                "ORDER BY used, kind, 2, 3 LIMIT ?",
+                (limit,),
+            )
+            return [(int(k), r, d, float(u)) for k, r, d, u in rows]
+
+        return self._read(units)
+
+    @staticmethod
+    def _gc_has_rows(c: sqlite3.Connection, digest: str) -> bool:
+        return (
+            c.execute(
+                "SELECT 1 FROM repo_blobs WHERE digest = ? UNION ALL SELECT 1 FROM manifests WHERE digest = ? "
+                "UNION ALL SELECT 1 FROM manifest_refs WHERE child = ? LIMIT 1",
+                (digest, digest, digest),
+            ).fetchone()
+            is not None
+        )
+
+    def _gc_evict_manifest(
+        self, c: sqlite3.Connection, repo: str, digest: str, evicted: list[tuple[str, str]], touched: set[str]
+    ) -> None:
+        children = [r[0] for r in c.execute("SELECT child FROM manifest_refs WHERE repo = ? AND digest = ?", (repo, digest))]
+        c.execute("DELETE FROM manifests WHERE repo = ? AND digest = ?", (repo, digest))
+        c.execute("DELETE FROM tags WHERE repo = ? AND digest = ?", (repo, digest))
+        c.execute("DELETE FROM manifest_refs WHERE repo = ? AND digest = ?", (repo, digest))
+        c.execute("DELETE FROM gc_access WHERE repo = ? AND digest = ?", (repo, digest))
+        evicted.append((repo, digest))
+        touched.add(digest)
+        for child in children:
+            touched.add(child)
+            if c.execute("SELECT 1 FROM manifest_refs WHERE child = ? AND repo = ? LIMIT 1", (child, repo)).fetchone():
+                continue  # still used by another manifest of this repository
+            if c.execute("SELECT 1 FROM manifests WHERE repo = ? AND digest = ?", (repo, child)).fetchone():
+                # A child of an evicted index: only the index kept it.
+                self._gc_evict_manifest(c, repo, child, evicted, touched)
+            else:
+                c.execute("DELETE FROM repo_blobs WHERE repo = ? AND digest = ?", (repo, child))
+                c.execute("DELETE FROM gc_access WHERE repo = ? AND digest = ?", (repo, child))
+
+    def gc_evict(
+        self, units: Iterable[tuple[int, str, str, float]], need: int
+    ) -> "Deferred[tuple[list[tuple[str, str]], dict[str, int]]]":
+        """Evict units from L{gc_lru_units}, in order, until C{need} bytes are freed. Units read,
+        stored or referenced again since they were listed are skipped. Returns the manifests
+        evicted (index children included) and the digests left with no row anywhere, with their
+        recorded sizes: what the eviction frees."""
+        wanted = list(units)
+
+        def evict(c: sqlite3.Connection) -> tuple[list[tuple[str, str]], dict[str, int]]:
+            evicted: list[tuple[str, str]] = []
+            freed: dict[str, int] = {}
+            for kind, repo, digest, used in wanted:
+                if sum(freed.values()) >= need:
+                    break
+                touched: set[str] = set()
+                atime = c.execute("SELECT atime FROM gc_access WHERE repo = ? AND digest = ?", (repo, digest)).fetchone()
+                if atime is not None and atime[0] > used:
+                    continue
+                if c.execute("SELECT 1 FROM manifest_refs WHERE child = ? AND repo = ? LIMIT 1", (digest, repo)).fetchone():
+                    continue
+                if kind == 0:
+                    row = c.execute("SELECT created FROM manifests WHERE repo = ? AND digest = ?", (repo, digest)).fetchone()
+                    if row is None or row[0] > used:
+                        continue
+                    self._gc_evict_manifest(c, repo, digest, evicted, touched)
+                else:
+                    row = c.execute(
+                        "SELECT COALESCE(l.linked, b.created) FROM repo_blobs b "
+                        "LEFT JOIN gc_links l ON l.repo = b.repo AND l.digest = b.digest WHERE b.repo = ? AND b.digest = ?",
+                        (repo, digest),
+                    ).fetchone()
+                    if row is None or row[0] > used:
+                        continue
+                    c.execute("DELETE FROM repo_blobs WHERE repo = ? AND digest = ?", (repo, digest))
+                    c.execute("DELETE FROM gc_access WHERE repo = ? AND digest = ?", (repo, digest))
+                    touched.add(digest)
+                # A digest this unit touched is freed once nothing refers to it: every unit that
+                # still did would have touched it too when evicted, so checking these is enough.
+                for gone in touched:
+                    if gone not in freed and not self._gc_has_rows(c, gone):
+                        size = c.execute("SELECT size FROM gc_sizes WHERE digest = ?", (gone,)).fetchone()
+                        freed[gone] = int(size[0]) if size else 0
+                        c.execute("UPDATE gc_candidates SET evicted = 1 WHERE digest = ?", (gone,))
+            return evicted, freed
+
+        return self._write(evict)
+
+    # Blob files with no row left: candidates, quarantine, deletion.
+
+    def gc_candidates(self, limit: int = 10000) -> "Deferred[dict[str, bool]]":
+        """Digests that lost their last row (or may have), each with whether eviction freed it:
+        those that gained a row back are dropped from the list, the others returned (they stay
+        listed until dealt with)."""
+
+        def take(c: sqlite3.Connection) -> dict[str, bool]:
+            found: dict[str, bool] = {}
+            for digest, evicted in c.execute("SELECT digest, evicted FROM gc_candidates LIMIT ?", (limit,)).fetchall():
+                if self._gc_has_rows(c, digest) or c.execute(
+                    "SELECT 1 FROM gc_quarantine WHERE digest = ?", (digest,)
+                ).fetchone():
+                    c.execute("DELETE FROM gc_candidates WHERE digest = ?", (digest,))
+                else:
+                    found[digest] = bool(evicted)
+            return found
+
+        return self._write(take)
+
+    def gc_drop_candidates(self, digests: Iterable[str]) -> "Deferred[None]":
+        """Stop considering C{digests} (their files are gone, or they are not digests)."""
+        rows = [(d,) for d in digests]
+
+        def drop(c: sqlite3.Connection) -> None:
+            c.executemany("DELETE FROM gc_candidates WHERE digest = ?", rows)
+            c.executemany("DELETE FROM gc_sizes WHERE digest = ?", rows)
+
+        return self._write(drop)
+
+    def gc_add_candidates(self, digests: Iterable[str]) -> "Deferred[None]":
+        """Consider C{digests} (found by walking the blob store) at the next look."""
+        rows = [(d,) for d in digests]
+
+        def add(c: sqlite3.Connection) -> None:
+            c.executemany("INSERT OR IGNORE INTO gc_candidates (digest) VALUES (?)", rows)
+
+        return self._write(add)
+
+    def gc_without_rows(self, digests: Iterable[str]) -> "Deferred[list[str]]":
+        """Which of C{digests} no repository links, no manifest is and no manifest references."""
+        wanted = list(digests)
+        return self._read(lambda c: [d for d in wanted if not self._gc_has_rows(c, d)])
+
+    def gc_quarantine(
+        self,
+        digests: Iterable[str],
+        move_aside: Callable[[str], str | None],
+        put_back: Callable[[str, str], None],
+        now: float,
+    ) -> "Deferred[list[tuple[str, str]]]":
+        """Doom the blobs of C{digests} that still have no row: move each file aside with
+        C{move_aside(digest)} (which returns where it went, or None if there was no file) and
+        record it in C{gc_quarantine}. Returns (digest, path aside).
+
+        All of it is one call on the db worker, the only thread that links blobs: no link can be
+        made between the check and the move. A link made later finds the digest quarantined, and
+        the restore hook (L{gc_install_restore}) puts the file back before that link commits.
+        """
+        wanted = list(digests)
+
+        def doom(c: sqlite3.Connection) -> list[tuple[str, str]]:
+            moved: list[tuple[str, str]] = []
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                for digest in wanted:
+                    c.execute("DELETE FROM gc_candidates WHERE digest = ?", (digest,))
+                    if self._gc_has_rows(c, digest):
+                        continue
+                    if c.execute("SELECT 1 FROM gc_quarantine WHERE digest = ?", (digest,)).fetchone():
+                        continue
+                    aside = move_aside(digest)
+                    if aside is None:
+                        continue
+                    moved.append((digest, aside))
+                    c.execute("INSERT INTO gc_quarantine (digest, path, since) VALUES (?, ?, ?)", (digest, aside, now))
+                c.execute("COMMIT")
+            except BaseException:
+                if c.in_transaction:
+                    c.execute("ROLLBACK")
+                # Nothing records these moves: undo them, or the files would be lost for good.
+                for digest, aside in moved:
+                    put_back(digest, aside)
+                raise
+            return moved
+
+        return self._worker.run(doom, self._conn)
+
+    def gc_quarantined(self, before: float) -> "Deferred[list[tuple[str, str]]]":
+        """Blob files moved aside before C{before} and not dealt with yet (a pass that did not finish)."""
+        return self._read(
+            lambda c: [(d, p) for d, p in c.execute("SELECT digest, path FROM gc_quarantine WHERE since < ?", (before,))]
+        )
+
+    def gc_release(
+        self, digests: Iterable[str], keep: set[str], put_back: Callable[[str, str], None]
+    ) -> "Deferred[list[tuple[str, str]]]":
+        """End the quarantine of C{digests}: a digest that gained a row, or is in C{keep}, gets
+        its file back with C{put_back(digest, path)}; the others are forgotten for good and
+        returned as (digest, path aside) for the caller to delete. Digests whose quarantine a
+        link already ended (the restore hook) are skipped."""
+        wanted = list(digests)
+
+        def release(c: sqlite3.Connection) -> list[tuple[str, str]]:
+            doomed: list[tuple[str, str]] = []
+            for digest in wanted:
+                row = c.execute("SELECT path FROM gc_quarantine WHERE digest = ?", (digest,)).fetchone()
+                if row is None:
+                    continue
+                if digest in keep or self._gc_has_rows(c, digest):
+                    put_back(digest, row[0])
+                else:
+                    doomed.append((digest, row[0]))
+                    c.execute("DELETE FROM gc_sizes WHERE digest = ?", (digest,))
+                    c.execute("DELETE FROM gc_swept WHERE digest = ?", (digest,))
+                c.execute("DELETE FROM gc_quarantine WHERE digest = ?", (digest,))
+            return doomed
+
+        return self._write(release)
+
+    def gc_install_restore(self, restore: Callable[[str, str], None]) -> "Deferred[None]":
+        """Make every new link, manifest or manifest reference to a quarantined digest put its
+        file back (C{restore(digest, path aside)}, run inside the linking transaction), so that a
+        push, mount or cache fill that saw the file before it was moved aside never ends up
+        linking a missing file. TEMP triggers: they live as long as this connection, with the
+        Python function they call; an exception in C{restore} fails the link."""
+
+        def hook(digest: str, path: str | None) -> int:
+            if path is not None:
+                restore(digest, path)
+            return 1
+
+        def install(c: sqlite3.Connection) -> None:
+            c.create_function("trow_gc_restore", 2, hook)
+            for name, table, column in (
+                ("gc_restore_link", "repo_blobs", "digest"),
+                ("gc_restore_manifest", "manifests", "digest"),
+                ("gc_restore_reference", "manifest_refs", "child"),
+            ):
+                c.execute(
+                    f"CREATE TEMP TRIGGER IF NOT EXISTS {name} AFTER INSERT ON main.{table} "
+                    f"WHEN EXISTS (SELECT 1 FROM main.gc_quarantine WHERE digest = NEW.{column}) BEGIN "
+                    f"SELECT trow_gc_restore(NEW.{column}, (SELECT path FROM main.gc_quarantine WHERE digest = NEW.{column})); "
+                    f"DELETE FROM gc_quarantine WHERE digest = NEW.{column}; "
+                    "END"
+                )
+
+        return self._read(install)

@@ -238,8 +238,11 @@ class TrowChannel(http.HTTPChannel):
     _stall_call: IDelayedCall | None = None
     _abort_call: IDelayedCall | None = None
     _counted = False
+    _refusing = False
 
     def dataReceived(self, data: bytes) -> None:
+        if self._refusing:
+            return
         if self._first and data:
             self._first = False
             if data[0] == TLS_HANDSHAKE:
@@ -285,10 +288,11 @@ class TrowChannel(http.HTTPChannel):
     def _refuse(self, status: bytes, limit: str) -> None:
         """Answer C{status} outside of any request, close, and ignore what else comes."""
         self._cancel_header_timer()
-        self.site.limit_hit(limit)
         transport = self.transport
-        if transport is None or getattr(transport, "disconnecting", False):
+        if self._refusing or transport is None or getattr(transport, "disconnecting", False):
             return
+        self._refusing = True
+        self.site.limit_hit(limit)
         transport.write(b"HTTP/1.1 " + status + b"\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
         self.loseConnection()
         # A client that does not read even that much is cut.

@@ -13,10 +13,12 @@ from twisted.internet.defer import ensureDeferred, maybeDeferred
 from twisted.logger import Logger
 
 from trow.api.http import API_VERSION_HEADER
+from trow.api.auth import AuthAPI
 from trow.api.metrics import metrics_site
 from trow.api.registry import RegistryAPI
-from trow.api.webhook import WebhookAPI
 from trow.api.site import TrowSite, UploadSlots, ensure_fd_headroom
+from trow.api.webhook import WebhookAPI
+from trow.auth.service import Authenticator
 from trow.config import ProxyConfig
 from trow.metrics import Metrics, ReactorLagMonitor
 from trow.proxy.names import UpstreamDirectory
@@ -141,7 +143,20 @@ def build_service(settings: Any, reactor: Any) -> MultiService:
     proxy = build_proxy(registry, settings.config.registry_proxies, reactor, settings.hostname)
     _UpstreamPool(proxy).setServiceParent(root)
     limits = settings.config.limits
-    resource = RegistryAPI(registry, proxy).resource()
+    # bcrypt on a pool of its own: a flood of logins must not queue ahead of fsyncs and hashing.
+    auth_worker = ThreadWorker(reactor, "trow-auth", max_threads=2)
+    auth_worker.setServiceParent(root)
+    # Raises AuthSetupError (an unwritable key file, say): trow.tap turns it into one error line.
+    authenticator = Authenticator.build(
+        user=settings.user,
+        password=settings.password,
+        htpasswd=settings.htpasswd,
+        config=settings.config.auth,
+        data_dir=settings.data_dir,
+        worker=auth_worker,
+        clock=reactor.seconds,
+    )
+    resource = RegistryAPI(registry, proxy, AuthAPI(authenticator, settings.hostname)).resource()
     uploads = UploadSlots(limits.max_concurrent_uploads, metrics)
     # One site per listener, so that max_connections counts per listener; the upload slots are
     # shared, as the disk is.

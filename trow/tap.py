@@ -15,6 +15,8 @@ import attrs
 from twisted.application.service import IService
 from twisted.python import usage
 
+from trow.auth.service import check_settings
+from trow.auth.users import AuthSetupError
 from trow.config import Config, ConfigError, config_summary, load_config
 from trow.logs import LogFormatError, use_log_format
 
@@ -108,19 +110,6 @@ def _read_password(value: str) -> str:
         fail(f"--password {value!r}: cannot read the file: {e.strerror}")
 
 
-def _refuse_unbuilt(options: "Options", config: Config) -> None:
-    """Refuse settings whose feature this version does not have yet.
-
-    Silently ignoring them would be worse: an operator who asked for authentication must not get
-    an open registry, and one who asked for a webhook must not get a cluster without one.
-    """
-    if options["user"] or options["htpasswd"] or config.auth.configured:
-        fail(
-            "authentication (--user/--password, --htpasswd, the auth: section) is not available in this "
-            "version of trow; refusing to start an open registry you meant to protect"
-        )
-
-
 class Options(usage.Options):
     """Options of the trow plugin (reference.md section 2)."""
 
@@ -185,13 +174,17 @@ class Options(usage.Options):
             fail("--user and --password go together")
         if self["htpasswd"] and not os.path.isfile(self["htpasswd"]):
             fail(f"--htpasswd {self['htpasswd']!r} is not a readable file")
-        _refuse_unbuilt(self, config)
         try:
             # Tells the runner (twistd or twist) which log observer to create; see trow.logs.
             use_log_format(self.parent, self["log-format"])
         except LogFormatError as e:
             fail(str(e))
         _check_webhook_rules(config, self["hostname"])
+        password = _read_password(self["password"]) if self["password"] else None
+        try:
+            check_settings(user=self["user"], password=password, htpasswd=self["htpasswd"], config=config.auth)
+        except AuthSetupError as e:
+            fail(str(e))
         self.settings = Settings(
             listen=listen,
             data_dir=self["data-dir"],
@@ -201,7 +194,7 @@ class Options(usage.Options):
             webhook_listen=tuple(self["webhook-listen"]),
             metrics_listen=self["metrics-listen"],
             user=self["user"],
-            password=_read_password(self["password"]) if self["password"] else None,
+            password=password,
             htpasswd=self["htpasswd"],
         )
         if self["dry-run"]:
@@ -228,4 +221,7 @@ def makeService(options: Options) -> IService:
 
     from trow.app import build_service
 
-    return build_service(options.settings, reactor)
+    try:
+        return build_service(options.settings, reactor)
+    except AuthSetupError as e:
+        fail(str(e))

@@ -181,22 +181,33 @@ def test_missing_htpasswd(capsys: pytest.CaptureFixture[str], data_dir: str, tmp
     assert_one_line_error(parse(capsys, "--data-dir", data_dir, "--htpasswd", missing), "--htpasswd", missing)
 
 
-@pytest.mark.parametrize(
-    "args, fragment",
-    [
-        (("--user", "admin", "--password", "pw"), "authentication"),
-    ],
-)
-def test_features_not_built_are_refused(capsys: pytest.CaptureFixture[str], data_dir: str, args: tuple[str, ...], fragment: str) -> None:
-    """Options for features this version lacks are refused rather than silently ignored (an
-    operator who asked for authentication must not get an open registry)."""
-    assert_one_line_error(parse(capsys, "--data-dir", data_dir, *args), fragment)
+def test_user_and_password_switch_auth_on(capsys: pytest.CaptureFixture[str], data_dir: str, tmp_path: Path) -> None:
+    """--user with --password (also as file://) is accepted and reaches the settings."""
+    secret = write(tmp_path, "pw", "s3cret\n")
+    outcome = parse(capsys, "--data-dir", data_dir, "--user", "admin", "--password", f"file://{secret}")
+    assert outcome.code is None
+    settings = outcome.options.settings
+    assert (settings.user, settings.password) == ("admin", "s3cret")
 
 
-def test_auth_section_is_refused(capsys: pytest.CaptureFixture[str], data_dir: str, tmp_path: Path) -> None:
-    """An auth: section is refused while authentication is not built."""
+def test_auth_section_with_anonymous_pull_is_accepted(capsys: pytest.CaptureFixture[str], data_dir: str, tmp_path: Path) -> None:
+    """An auth: section that lets anonymous clients pull needs no user."""
     path = write(tmp_path, "trow.yaml", "auth:\n  anonymous: pull\n")
-    assert_one_line_error(parse(capsys, "--data-dir", data_dir, "--config", path), "authentication")
+    outcome = parse(capsys, "--data-dir", data_dir, "--config", path)
+    assert outcome.code is None
+    assert outcome.options.settings.config.auth.anonymous == "pull"
+
+
+def test_auth_section_nobody_can_log_in(capsys: pytest.CaptureFixture[str], data_dir: str, tmp_path: Path) -> None:
+    """Auth switched on with no user and no anonymous pull would lock everyone out: refused."""
+    path = write(tmp_path, "trow.yaml", "auth:\n  token_ttl: 1h\n")
+    assert_one_line_error(parse(capsys, "--data-dir", data_dir, "--config", path), "nobody can log in")
+
+
+def test_short_token_key_is_refused(capsys: pytest.CaptureFixture[str], data_dir: str, tmp_path: Path) -> None:
+    """A token key too short to be a secret is refused at start-up."""
+    path = write(tmp_path, "trow.yaml", "auth:\n  anonymous: pull\n  token_key: short\n")
+    assert_one_line_error(parse(capsys, "--data-dir", data_dir, "--config", path), "token")
 
 
 def test_password_never_printed(capsys: pytest.CaptureFixture[str], data_dir: str) -> None:

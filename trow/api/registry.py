@@ -19,6 +19,8 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from trow.api import health
+from trow.api.auth import AuthAPI, required_actions
+from trow.auth.service import Authenticator, Identity
 from trow.api.http import (
     API_VERSION_HEADER,
     header,
@@ -103,9 +105,10 @@ class RegistryAPI:
     app.url_map.merge_slashes = False
     app.url_map.converters["anypath"] = _AnyPath
 
-    def __init__(self, registry: Registry, proxy: Any = None) -> None:
+    def __init__(self, registry: Registry, proxy: Any = None, auth: AuthAPI | None = None) -> None:
         self.registry = registry
         self.proxy = proxy
+        self.auth = auth or AuthAPI(Authenticator.disabled())
 
     def resource(self) -> Any:
         """The twisted.web resource to serve."""
@@ -157,11 +160,20 @@ class RegistryAPI:
         async def run() -> Any:
             try:
                 if routed:
-                    kwargs["registry"], kwargs["name"] = self._route(request, kwargs["name"])
+                    name = kwargs["name"]
+                    actions = required_actions(request.method, routed)
+                    # The token's scope names the repository as the client wrote it; the rules
+                    # also apply to the cache repository it maps to (an alias, or ?ns=), so that
+                    # a rule on f/docker.io/ cannot be sidestepped with ?ns=docker.io.
+                    identity = await self.auth.require(request, name, actions)
+                    kwargs["registry"], kwargs["name"] = self._route(request, name)
+                    if kwargs["name"] != name:
+                        self.auth.authorize(request, identity, name, actions, kwargs["name"])
                     if kwargs["registry"] is self.proxy and (
                         request.method not in (b"GET", b"HEAD") or routed not in _CACHE_READS
                     ):
                         raise self.proxy.read_only(kwargs["name"])
+                    kwargs["identity"] = identity
                 return await handler(request, **kwargs)
             except RegistryError as e:
                 return send_error(request, e)
@@ -179,7 +191,14 @@ class RegistryAPI:
         raise RegistryError("UNSUPPORTED", f"no such endpoint: {request.path.decode('latin-1')}", status=404)
 
     async def _base(self, request: IRequest) -> Any:
+        await self.auth.require(request, None)
         return send_json(request, 200, {})
+
+    @app.route("/login", methods=["GET", "POST"])
+    def login(self, request: IRequest) -> Any:
+        request.trow_route = "login"  # type: ignore[attr-defined]
+        request.setHeader(*API_VERSION_HEADER)
+        return self.auth.login(request)
 
     @app.route("/", branch=True)
     def not_found(self, request: IRequest) -> Any:
@@ -197,7 +216,7 @@ class RegistryAPI:
 
     # -- manifests --------------------------------------------------------------------------
 
-    async def _manifest_get(self, request: IRequest, registry: Any, name: str, reference: str) -> Any:
+    async def _manifest_get(self, request: IRequest, registry: Any, name: str, reference: str, identity: Identity) -> Any:
         manifest = await registry.get_manifest(name, reference, headers_all(request, "Accept"))
         return send_bytes(
             request,
@@ -207,7 +226,7 @@ class RegistryAPI:
             {"Docker-Content-Digest": manifest.record.digest, "ETag": f'"{manifest.record.digest}"'},
         )
 
-    async def _manifest_put(self, request: IRequest, registry: Any, name: str, reference: str) -> Any:
+    async def _manifest_put(self, request: IRequest, registry: Any, name: str, reference: str, identity: Identity) -> Any:
         body = await request_body(request)
         stored = await registry.put_manifest(
             name, reference, header(request, "Content-Type"), body, query_all(request, "tag")
@@ -223,13 +242,13 @@ class RegistryAPI:
             request.responseHeaders.setRawHeaders(b"OCI-Tag", [t.encode() for t in stored.tags])
         return send_empty(request, 201, headers)
 
-    async def _manifest_delete(self, request: IRequest, registry: Any, name: str, reference: str) -> Any:
+    async def _manifest_delete(self, request: IRequest, registry: Any, name: str, reference: str, identity: Identity) -> Any:
         await registry.delete_manifest(name, reference)
         return send_empty(request, 202)
 
     # -- blobs ------------------------------------------------------------------------------
 
-    async def _blob_get(self, request: IRequest, registry: Any, name: str, digest: str) -> Any:
+    async def _blob_get(self, request: IRequest, registry: Any, name: str, digest: str, identity: Identity) -> Any:
         source = await registry.blob_source(name, digest)
         size = source.size
         wanted = _range(header(request, "Range"), size)
@@ -266,7 +285,7 @@ class RegistryAPI:
                 pass
         return b""
 
-    async def _blob_delete(self, request: IRequest, registry: Any, name: str, digest: str) -> Any:
+    async def _blob_delete(self, request: IRequest, registry: Any, name: str, digest: str, identity: Identity) -> Any:
         await registry.delete_blob(name, digest)
         return send_empty(request, 202)
 
@@ -288,13 +307,18 @@ class RegistryAPI:
             {"Location": f"/v2/{name}/blobs/{created.digest}", "Docker-Content-Digest": str(created.digest)},
         )
 
-    async def _uploads_post(self, request: IRequest, registry: Any, name: str) -> Any:
+    async def _uploads_post(self, request: IRequest, registry: Any, name: str, identity: Identity) -> Any:
         digest = query(request, "digest")
         mount = query(request, "mount")
+        source = query(request, "from")
+        if mount is not None and self.auth.enabled and (source is None or not self.auth.permits(identity, source, "pull")):
+            # No pull right on the source (or no source named, so none can be checked): a plain
+            # upload session instead, as the spec allows. Knowing a digest is not a right to it.
+            mount = None
         if mount is None and digest is not None:
             body = await request_body(request)
             return self._created(request, name, await registry.put_blob(name, digest, body))
-        result = await registry.start_upload(name, mount, query(request, "from"))
+        result = await registry.start_upload(name, mount, source)
         if isinstance(result, BlobCreated):
             return self._created(request, name, result)
         assert isinstance(result, UploadStarted)
@@ -302,23 +326,23 @@ class RegistryAPI:
         headers["OCI-Chunk-Min-Length"] = CHUNK_MIN_LENGTH
         return send_empty(request, 202, headers)
 
-    async def _upload_get(self, request: IRequest, registry: Any, name: str, upload_id: str) -> Any:
+    async def _upload_get(self, request: IRequest, registry: Any, name: str, upload_id: str, identity: Identity) -> Any:
         offset = await registry.upload_status(name, upload_id)
         return send_empty(request, 204, self._upload_headers(name, upload_id, offset))
 
-    async def _upload_patch(self, request: IRequest, registry: Any, name: str, upload_id: str) -> Any:
+    async def _upload_patch(self, request: IRequest, registry: Any, name: str, upload_id: str, identity: Identity) -> Any:
         body = await request_body(request)
         offset = await registry.append_upload(name, upload_id, body, header(request, "Content-Range"))
         return send_empty(request, 202, self._upload_headers(name, upload_id, offset))
 
-    async def _upload_put(self, request: IRequest, registry: Any, name: str, upload_id: str) -> Any:
+    async def _upload_put(self, request: IRequest, registry: Any, name: str, upload_id: str, identity: Identity) -> Any:
         body = await request_body(request)
         created = await registry.finish_upload(
             name, upload_id, query(request, "digest"), body, header(request, "Content-Range")
         )
         return self._created(request, name, created)
 
-    async def _upload_delete(self, request: IRequest, registry: Any, name: str, upload_id: str) -> Any:
+    async def _upload_delete(self, request: IRequest, registry: Any, name: str, upload_id: str, identity: Identity) -> Any:
         await registry.cancel_upload(name, upload_id)
         return send_empty(request, 204)
 
@@ -330,7 +354,7 @@ class RegistryAPI:
             return {}
         return {"Link": f'<{path}?n={n}&last={quote(page.next_last, safe="")}>; rel="next"'}
 
-    async def _tags_get(self, request: IRequest, registry: Any, name: str) -> Any:
+    async def _tags_get(self, request: IRequest, registry: Any, name: str, identity: Identity) -> Any:
         n = query(request, "n")
         page = await registry.list_tags(name, n, query(request, "last"))
         return send_json(
@@ -340,8 +364,13 @@ class RegistryAPI:
     async def _catalog(self, request: IRequest) -> Any:
         if request.method not in (b"GET", b"HEAD"):
             raise RegistryError("UNSUPPORTED", "only GET is supported on /v2/_catalog")
+        identity = await self.auth.require_catalog(request)
         n = query(request, "n")
         page = await self.registry.catalog(n, query(request, "last"))
+        if self.auth.enabled:
+            # Only what this client may pull (a filtered page may come out short; the Link still
+            # leads on).
+            page = Page([r for r in page.items if self.auth.can_pull(identity, r)], page.next_last)
         return send_json(
             request,
             200,
@@ -349,7 +378,7 @@ class RegistryAPI:
             self._link(request, "/v2/_catalog", page, n or str(len(page.items))),
         )
 
-    async def _referrers_get(self, request: IRequest, registry: Any, name: str, digest: str) -> Any:
+    async def _referrers_get(self, request: IRequest, registry: Any, name: str, digest: str, identity: Identity) -> Any:
         artifact_type = query(request, "artifactType")
         body = await registry.referrers(name, digest, artifact_type)
         headers: dict[str, str | int] = {}

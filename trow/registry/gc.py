@@ -496,6 +496,8 @@ class GarbageCollector(Service):
         self._call = None
         if self._current is None:
             return succeed(None)
+        # Join the running pass before stopping it: stop() may end it at once.
+        ended = self.run_pass()
         self.collector.stop()
-        return self.run_pass().addCallback(lambda _: None)
+        return ended.addCallback(lambda _: None)
 

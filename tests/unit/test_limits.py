@@ -302,6 +302,32 @@ def test_a_flood_is_logged_once(site: TrowSite, metrics: Metrics) -> None:
     assert len(kept) == 3
 
 
+def test_refusal_works_behind_tls(app: _App, clock: Clock, metrics: Metrics) -> None:
+    """On a TLS listener (the webhook's) the extra connection is cut before any handshake."""
+    from twisted.internet import ssl
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    from trow.certs import make_bundle
+
+    bundle = make_bundle("trow", "default")
+    options = ssl.PrivateCertificate.loadPEM(bundle.key_pem + bundle.cert_pem).options()
+    site = TrowSite(app, limits=LimitsConfig(max_connections=1), metrics=metrics, name="webhook", reactor=clock)
+    factory = TLSMemoryBIOFactory(options, False, site)
+    peer = IPv4Address("TCP", "10.0.0.9", 40000)
+
+    class TCPTransport(StringTransport):
+        def setTcpNoDelay(self, enabled: bool) -> None:
+            pass
+
+    first = TCPTransport()
+    factory.buildProtocol(peer).makeConnection(first)
+    assert not first.disconnecting
+    second = TCPTransport()
+    factory.buildProtocol(peer).makeConnection(second)
+    assert second.disconnected
+    assert metrics.value("trow_http_limit_hits_total", site="webhook", limit="max_connections") == 1
+
+
 def test_limits_are_per_site(app: _App, clock: Clock, metrics: Metrics) -> None:
     """app.py builds one site per listener: a full listener does not refuse another's clients."""
     a = TrowSite(app, limits=LIMITS, metrics=metrics, reactor=clock)

@@ -37,11 +37,16 @@ JSON lines
     C{namespace}, C{message} (the event's text), then the event's own fields, and
     C{traceback} when a failure was logged.
 
+    (A plugin could also hand twistd an observer as a component of the application, but only
+    by catching the C{Application} in C{setServiceParent}, and twist ignores that component.)
+
 Secrets
-    Secrets never reach the access log in the first place. Both of trow's formats also redact,
-    in every event, fields whose names look like secrets (C{password}, C{token},
+    Secrets never reach the access log in the first place: trow's code must not log them.
+    As a second line of defence, trow's own observers (JSON, and text under twist) redact, in
+    every event, fields whose names look like secrets (C{password}, C{token},
     C{authorization}, ...) and, in the text of every line, credentials in URLs
     (C{https://user:***@host}), C{Authorization:} values and C{password=}-style pairs.
+    twistd's own text observer does no such thing.
 """
 
 from __future__ import annotations

@@ -60,6 +60,7 @@ passes C{settle=0} and walks every time.
 
 from __future__ import annotations
 
+import heapq
 import time
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
@@ -83,9 +84,15 @@ T = TypeVar("T")
 MANIFEST = 0
 BLOB = 1
 
-# Rows per db call: big enough to amortise the thread hand-off, small enough that requests
-# waiting on the same db worker see no more than a few milliseconds of delay.
-BATCH = 256
+# Rows a scan looks at per db call: big enough to amortise the thread hand-off, small enough
+# that requests waiting on the same db worker see a few milliseconds of delay, not a whole scan.
+SCAN = 1000
+# Files moved aside, or put back, per db call (each is a rename, a few tenths of a millisecond).
+MOVES = 64
+# Eviction units per db call (a manifest unit deletes a handful of rows per child).
+EVICTIONS = 32
+# Units of cached content listed per eviction round (the oldest first).
+ROUND = 2048
 
 
 def _never(digest: str) -> bool:
@@ -150,7 +157,7 @@ class Collector:
         settle: float = 30.0,
         walk_every: int = 144,
         dry_run: bool = False,
-        batch: int = BATCH,
+        scan: int = SCAN,
     ) -> None:
         if not 0 <= low_water <= 1:
             raise ValueError(f"low_water is a fraction of max_size, got {low_water}")
@@ -166,7 +173,7 @@ class Collector:
         self.settle = settle
         self.walk_every = max(1, walk_every)
         self.dry_run = dry_run
-        self.batch = batch
+        self.scan = scan
         self.passes = 0
         self._hooked = False
         self._running = False
@@ -229,7 +236,7 @@ class Collector:
             self._check()
             await self._expire_uploads(now, state)
             self._check()
-            await self.metadata.gc_tidy(swept_before=now - self.settle)
+            await self._tidy(now)
             await self._sweep(now, state)
             self._check()
             await self._evict(state)
@@ -238,6 +245,18 @@ class Collector:
         except _Stopped:
             state.interrupted = True
         return state.result(self.dry_run, time.monotonic() - started)
+
+    async def _tidy(self, now: float) -> None:
+        # Sweep records outlive the settle time of the pass that made them, no more.
+        await self.metadata.gc_forget_swept(before=now - self.settle)
+        tags: tuple[str, str] | None = ("f/", "")
+        while tags is not None:
+            tags = await self.metadata.gc_tidy_tags(tags, self.scan)
+            self._check()
+        access: tuple[str, str] | None = ("", "")
+        while access is not None:
+            access = await self.metadata.gc_tidy_access(access, self.scan)
+            self._check()
 
     async def _leftovers(self, now: float, state: "_PassState") -> None:
         """Quarantines an earlier pass did not end (stopped, crashed): end them now."""
@@ -257,31 +276,53 @@ class Collector:
 
     async def _sweep(self, now: float, state: "_PassState") -> None:
         cutoff = now - self.grace
-        while True:
-            swept = await self.metadata.gc_sweep_links(cutoff, now, limit=self.batch)
+        after: tuple[str, str] | None = ("", "")
+        while after is not None:
+            swept, after = await self.metadata.gc_sweep_links(cutoff, now, after, self.scan)
             state.swept += swept
-            if len(swept) < self.batch:
-                return
             self._check()
 
     async def _refresh_sizes(self) -> None:
         """Record the size of every cached blob not sized yet (a stat each, once per digest)."""
-        while True:
-            unsized = await self.metadata.gc_unsized(limit=self.batch * 8)
-            if not unsized:
-                return
-            stats = await self.blobs.stat_many(unsized)
-            if stats:
-                await self.metadata.gc_record_sizes({d: size for d, (size, _) in stats.items()})
-            # Linked but not on disk (a dangling link): nothing to size; do not ask again now.
-            if len(stats) < len(unsized):
-                return
+        after: tuple[str, str] | None = ("f/", "")
+        while after is not None:
+            after = await self.metadata.gc_size_manifests(after, self.scan)
+            self._check()
+        after = ("f/", "")
+        while after is not None:
+            unsized, after = await self.metadata.gc_unsized(after, self.scan)
+            if unsized:
+                stats = await self.blobs.stat_many(unsized)
+                if stats:
+                    await self.metadata.gc_record_sizes({d: size for d, (size, _) in stats.items()})
+            self._check()
+
+    async def _proxied_bytes(self) -> int:
+        total = 0
+        after: str | None = ""
+        while after is not None:
+            part, after = await self.metadata.gc_proxied_bytes(after, self.scan)
+            total += part
+            self._check()
+        return total
+
+    async def oldest_units(self, count: int) -> list[tuple[int, str, str, float]]:
+        """The C{count} least recently used units of cached content, oldest first."""
+        oldest: list[tuple[float, int, str, str]] = []
+        for kind in (MANIFEST, BLOB):
+            after: tuple[str, str] | None = ("f/", "")
+            while after is not None:
+                units, after = await self.metadata.gc_lru_page(kind, after, self.scan)
+                merged = oldest + [(used, k, repo, digest) for k, repo, digest, used in units]
+                oldest = heapq.nsmallest(count, merged)
+                self._check()
+        return [(k, repo, digest, used) for used, k, repo, digest in oldest]
 
     async def _evict(self, state: "_PassState") -> None:
         if self.max_size is None:
             return
         await self._refresh_sizes()
-        total = await self.metadata.gc_proxied_bytes()
+        total = await self._proxied_bytes()
         target = int(self.max_size * self.low_water)
         if total > self.max_size:
             _log.info(
@@ -291,28 +332,36 @@ class Collector:
                 target=target,
             )
             while total > target:
-                self._check()
-                units = await self.metadata.gc_lru_units(limit=self.batch)
-                if not units:
-                    break
-                evicted, freed = await self.metadata.gc_evict(units, need=total - target)
-                state.evicted += evicted
-                state.freed.update(freed)
-                total -= sum(freed.values())
-                if not evicted and not freed:
-                    # Everything offered was read or stored again meanwhile: look again next pass.
+                units = await self.oldest_units(ROUND)
+                progress = False
+                for chunk in _chunks(units, EVICTIONS):
+                    evicted, freed = await self.metadata.gc_evict(chunk, need=total - target)
+                    state.evicted += evicted
+                    state.freed.update(freed)
+                    total -= sum(freed.values())
+                    progress = progress or bool(evicted or freed)
+                    self._check()
+                    if total <= target:
+                        break
+                if not progress:
+                    # Nothing left, or everything offered was read again meanwhile: next pass.
                     break
         state.proxied_bytes = total
 
     async def _delete_files(self, now: float, walk: bool, state: "_PassState") -> None:
-        listed = await self.metadata.gc_candidates()
+        listed: dict[str, bool] = {}
+        after: str | None = ""
+        while after is not None:
+            page, after = await self.metadata.gc_candidates(after, self.scan)
+            listed.update(page)
+            self._check()
         candidates = set(listed)
         candidates.update(state.freed)
         # Freed by eviction, now or by an earlier pass that had to keep the file (being read).
         evicted = {d for d, freed in listed.items() if freed} | state.freed.keys()
         if walk:
             stored = await self.blobs.walk()
-            for chunk in _chunks(stored, self.batch * 4):
+            for chunk in _chunks(stored, self.scan):
                 candidates.update(await self.metadata.gc_without_rows(chunk))
                 self._check()
         if not candidates:
@@ -332,13 +381,13 @@ class Collector:
                 ready.append(digest)
         if self.dry_run:
             # The copy of the metadata is the one thing a dry run may change: check rows there.
-            for chunk in _chunks(ready, self.batch * 4):
+            for chunk in _chunks(ready, self.scan):
                 for digest in await self.metadata.gc_without_rows(chunk):
                     state.removed.append((digest, stats[digest][0]))
             return
         moved: list[tuple[str, str]] = []
         try:
-            for chunk in _chunks(ready, self.batch):
+            for chunk in _chunks(ready, MOVES):
                 moved += await self.metadata.gc_quarantine(
                     chunk, self.blobs.move_aside_sync, self.blobs.put_back_sync, now
                 )
@@ -360,7 +409,9 @@ class Collector:
     async def _release(self, moved: list[tuple[str, str]], sizes: dict[str, int], state: "_PassState") -> None:
         keep = {digest for digest, _ in moved if self.in_use(digest)}
         state.in_use += len(keep)
-        doomed = await self.metadata.gc_release([d for d, _ in moved], keep, self.blobs.put_back_sync)
+        doomed: list[tuple[str, str]] = []
+        for chunk in _chunks([d for d, _ in moved], MOVES):
+            doomed += await self.metadata.gc_release(chunk, keep, self.blobs.put_back_sync)
         # Every path aside of these digests: doomed copies, and copies left aside because the
         # blob was stored again meanwhile. Files put back are no longer there.
         unlinked = await self.blobs.remove_aside([path for _, path in moved])

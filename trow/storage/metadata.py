@@ -441,72 +441,116 @@ class Metadata:
             lambda c: c.execute("DELETE FROM uploads WHERE uuid = ? AND updated < ?", (upload_id, cutoff)).rowcount > 0
         )
 
-    def gc_sweep_links(self, cutoff: float, now: float, limit: int = 500) -> "Deferred[list[tuple[str, str]]]":
-        """Remove up to C{limit} blob links made before C{cutoff} that no manifest of their
-        repository references (config, layer, child, subject); return them.
+    # The scans below page through their table in key order, SCAN rows per call, and return the
+    # key to go on from (None at the end): each call holds the db worker for milliseconds, not
+    # for a walk of every row, so requests keep flowing during a pass however big the store.
+    # "+r.repo": left to itself, sqlite looks manifest references up by repository (every
+    # reference of the repository) rather than by child (a handful of rows).
+
+    def gc_sweep_links(
+        self, cutoff: float, now: float, after: tuple[str, str] = ("", ""), scan: int = 1000
+    ) -> "Deferred[tuple[list[tuple[str, str]], tuple[str, str] | None]]":
+        """Look at the next C{scan} blob links after C{after}; remove those made before
+        C{cutoff} that no manifest of their repository references (config, layer, child,
+        subject). Returns what was removed and where to go on.
 
         Each is remembered in C{gc_swept}, so that a manifest stored just after, by a push that
         saw the link, brings it back (trigger C{gc_swept_referenced}).
         """
 
-        def sweep(c: sqlite3.Connection) -> list[tuple[str, str]]:
+        def sweep(c: sqlite3.Connection) -> tuple[list[tuple[str, str]], tuple[str, str] | None]:
             rows = c.execute(
-                "SELECT b.repo, b.digest FROM repo_blobs b "
-                "LEFT JOIN gc_links l ON l.repo = b.repo AND l.digest = b.digest "
-                "WHERE COALESCE(l.linked, b.created) < ? "
-                "AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child = b.digest AND r.repo = b.repo) "
-                "AND NOT EXISTS (SELECT 1 FROM manifests m WHERE m.repo = b.repo AND m.digest = b.digest) "
-                "AND NOT EXISTS (SELECT 1 FROM manifests m WHERE m.repo = b.repo AND m.subject = b.digest) "
-                "LIMIT ?",
-                (cutoff, limit),
+                "WITH page AS (SELECT repo, digest, created FROM repo_blobs WHERE (repo, digest) > (?, ?) "
+                "ORDER BY repo, digest LIMIT ?) "
+                "SELECT p.repo, p.digest, COALESCE(l.linked, p.created) < ? "
+                "AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child = p.digest AND +r.repo = p.repo) "
+                "AND NOT EXISTS (SELECT 1 FROM manifests m WHERE m.repo = p.repo AND m.digest = p.digest) "
+                "AND NOT EXISTS (SELECT 1 FROM manifests m WHERE m.repo = p.repo AND m.subject = p.digest) "
+                "FROM page p LEFT JOIN gc_links l ON l.repo = p.repo AND l.digest = p.digest ORDER BY p.repo, p.digest",
+                (*after, scan, cutoff),
             ).fetchall()
-            for repo, digest in rows:
+            swept = [(repo, digest) for repo, digest, dead in rows if dead]
+            for repo, digest in swept:
                 c.execute("DELETE FROM repo_blobs WHERE repo = ? AND digest = ?", (repo, digest))
                 c.execute("DELETE FROM gc_access WHERE repo = ? AND digest = ?", (repo, digest))
                 c.execute("INSERT OR REPLACE INTO gc_swept (repo, digest, at) VALUES (?, ?, ?)", (repo, digest, now))
-            return [(r, d) for r, d in rows]
+            return swept, ((rows[-1][0], rows[-1][1]) if len(rows) == scan else None)
 
         return self._write(sweep)
 
-    def gc_tidy(self, swept_before: float) -> "Deferred[None]":
-        """Drop what no longer means anything: cache tags whose manifest is gone, read times of
-        content no longer there, and sweep records older than C{swept_before}."""
+    def gc_forget_swept(self, before: float) -> "Deferred[None]":
+        """Drop sweep records older than C{before} (a small table: the last pass's sweep)."""
 
-        def tidy(c: sqlite3.Connection) -> None:
-            c.execute(
-                "DELETE FROM tags WHERE repo >= 'f/' AND repo < 'f0' "
-                "AND NOT EXISTS (SELECT 1 FROM manifests m WHERE m.repo = tags.repo AND m.digest = tags.digest)"
+        def forget(c: sqlite3.Connection) -> None:
+            c.execute("DELETE FROM gc_swept WHERE at < ?", (before,))
+
+        return self._write(forget)
+
+    def gc_tidy_tags(self, after: tuple[str, str] = ("f/", ""), scan: int = 1000) -> "Deferred[tuple[str, str] | None]":
+        """Remove cache tags whose manifest is gone (a tag update racing an eviction), among the
+        next C{scan} cache tags after C{after}. Tags of pushed repositories are never looked at."""
+
+        def tidy(c: sqlite3.Connection) -> tuple[str, str] | None:
+            rows = c.execute(
+                "SELECT t.repo, t.tag, EXISTS (SELECT 1 FROM manifests m WHERE m.repo = t.repo AND m.digest = t.digest) "
+                "FROM tags t WHERE (t.repo, t.tag) > (?, ?) AND t.repo < 'f0' ORDER BY t.repo, t.tag LIMIT ?",
+                (*after, scan),
+            ).fetchall()
+            c.executemany("DELETE FROM tags WHERE repo = ? AND tag = ?", [(r, t) for r, t, alive in rows if not alive])
+            return (rows[-1][0], rows[-1][1]) if len(rows) == scan else None
+
+        return self._write(tidy)
+
+    def gc_tidy_access(self, after: tuple[str, str] = ("", ""), scan: int = 1000) -> "Deferred[tuple[str, str] | None]":
+        """Forget read times of content no longer there, among the next C{scan} after C{after}."""
+
+        def tidy(c: sqlite3.Connection) -> tuple[str, str] | None:
+            rows = c.execute(
+                "SELECT a.repo, a.digest, "
+                "EXISTS (SELECT 1 FROM manifests m WHERE m.repo = a.repo AND m.digest = a.digest) "
+                "OR EXISTS (SELECT 1 FROM repo_blobs b WHERE b.repo = a.repo AND b.digest = a.digest) "
+                "FROM gc_access a WHERE (a.repo, a.digest) > (?, ?) ORDER BY a.repo, a.digest LIMIT ?",
+                (*after, scan),
+            ).fetchall()
+            c.executemany(
+                "DELETE FROM gc_access WHERE repo = ? AND digest = ?", [(r, d) for r, d, alive in rows if not alive]
             )
-            c.execute(
-                "DELETE FROM gc_access WHERE "
-                "NOT EXISTS (SELECT 1 FROM manifests m WHERE m.repo = gc_access.repo AND m.digest = gc_access.digest) "
-                "AND NOT EXISTS (SELECT 1 FROM repo_blobs b WHERE b.repo = gc_access.repo AND b.digest = gc_access.digest)"
-            )
-            c.execute("DELETE FROM gc_swept WHERE at < ?", (swept_before,))
+            return (rows[-1][0], rows[-1][1]) if len(rows) == scan else None
 
         return self._write(tidy)
 
     # Sizes and least recently used proxied content.
 
-    def gc_unsized(self, limit: int = 5000) -> "Deferred[list[str]]":
-        """Digests linked in cache repositories whose size is not recorded yet (manifest sizes are
-        taken from the manifests table on the way)."""
+    def gc_unsized(
+        self, after: tuple[str, str] = ("f/", ""), scan: int = 1000
+    ) -> "Deferred[tuple[list[str], tuple[str, str] | None]]":
+        """Among the next C{scan} cache blob links after C{after}, the digests whose size is not
+        recorded yet (the caller stats them once: content-addressed sizes never change)."""
 
-        def unsized(c: sqlite3.Connection) -> list[str]:
-            c.execute(
-                "INSERT OR IGNORE INTO gc_sizes (digest, size) "
-                "SELECT digest, size FROM manifests WHERE repo >= 'f/' AND repo < 'f0'"
-            )
-            return [
-                r[0]
-                for r in c.execute(
-                    "SELECT DISTINCT b.digest FROM repo_blobs b WHERE b.repo >= 'f/' AND b.repo < 'f0' "
-                    "AND NOT EXISTS (SELECT 1 FROM gc_sizes s WHERE s.digest = b.digest) LIMIT ?",
-                    (limit,),
-                )
-            ]
+        def unsized(c: sqlite3.Connection) -> tuple[list[str], tuple[str, str] | None]:
+            rows = c.execute(
+                "SELECT b.repo, b.digest, EXISTS (SELECT 1 FROM gc_sizes s WHERE s.digest = b.digest) "
+                "FROM repo_blobs b WHERE (b.repo, b.digest) > (?, ?) AND b.repo < 'f0' ORDER BY b.repo, b.digest LIMIT ?",
+                (*after, scan),
+            ).fetchall()
+            missing = sorted({digest for _, digest, sized in rows if not sized})
+            return missing, ((rows[-1][0], rows[-1][1]) if len(rows) == scan else None)
 
-        return self._write(unsized)
+        return self._read(unsized)
+
+    def gc_size_manifests(self, after: tuple[str, str] = ("f/", ""), scan: int = 1000) -> "Deferred[tuple[str, str] | None]":
+        """Record the sizes of the next C{scan} cached manifests after C{after} (from their rows)."""
+
+        def record(c: sqlite3.Connection) -> tuple[str, str] | None:
+            rows = c.execute(
+                "SELECT repo, digest, size FROM manifests WHERE (repo, digest) > (?, ?) AND repo < 'f0' "
+                "ORDER BY repo, digest LIMIT ?",
+                (*after, scan),
+            ).fetchall()
+            c.executemany("INSERT OR IGNORE INTO gc_sizes (digest, size) VALUES (?, ?)", [(d, size) for _, d, size in rows])
+            return (rows[-1][0], rows[-1][1]) if len(rows) == scan else None
+
+        return self._write(record)
 
     def gc_record_sizes(self, sizes: dict[str, int]) -> "Deferred[None]":
         """Record blob sizes (stat on the disk worker)."""
@@ -526,41 +570,55 @@ class Metadata:
         "AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child = s.digest AND NOT (r.repo >= 'f/' AND r.repo < 'f0'))"
     )
 
-    def gc_proxied_bytes(self) -> "Deferred[int]":
-        """Total size of the blobs only cache repositories hold: what C{max_size} limits.
+    def gc_proxied_bytes(self, after: str = "", scan: int = 1000) -> "Deferred[tuple[int, str | None]]":
+        """The size of what only cache repositories hold, among the next C{scan} sized digests
+        after C{after}: summed over all pages, what C{max_size} limits. Content also linked in,
+        or referenced by a manifest of, a pushed repository is not counted: it is never evicted."""
 
-        Content also linked in, or referenced by a manifest of, a pushed repository is not counted:
-        it is never evicted.
-        """
-        return self._read(
-            lambda c: int(c.execute(f"SELECT COALESCE(SUM(s.size), 0) FROM gc_sizes s WHERE {self._PROXIED_ONLY}").fetchone()[0])
-        )
-
-    def gc_lru_units(self, limit: int) -> "Deferred[list[tuple[int, str, str, float]]]":
-        """The least recently used units of cached content, oldest first, as (kind, repo,
-        digest, last use): kind 0 is a manifest that no other manifest of its cache repository
-        references (evicting it takes what only it holds), kind 1 a blob link that no manifest of
-        its repository references. Last use is the latest of its read time and when it was stored."""
-
-        def units(c: sqlite3.Connection) -> list[tuple[int, str, str, float]]:
+        def total(c: sqlite3.Connection) -> tuple[int, str | None]:
             rows = c.execute(
-                "SELECT 0 AS kind, m.repo, m.digest, max(m.created, COALESCE(a.atime, 0)) AS used "
-                "FROM manifests m LEFT JOIN gc_access a ON a.repo = m.repo AND a.digest = m.digest "
-                "WHERE m.repo >= 'f/' AND m.repo < 'f0' "
-                "AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child = m.digest AND r.repo = m.repo) "
-                "UNION ALL "
-                "SELECT 1, b.repo, b.digest, max(COALESCE(l.linked, b.created), COALESCE(a.atime, 0)) "
-                "FROM repo_blobs b LEFT JOIN gc_links l ON l.repo = b.repo AND l.digest = b.digest "
-                "LEFT JOIN gc_access a ON a.repo = b.repo AND a.digest = b.digest "
-                "WHERE b.repo >= 'f/' AND b.repo < 'f0' "
-                "AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child = b.digest AND r.repo = b.repo) "
-                "AND NOT EXISTS (SELECT 1 FROM manifests m WHERE m.repo = b.repo AND m.digest = b.digest) "
-                "ORDER BY used, kind, 2, 3 LIMIT ?",
-                (limit,),
-            )
-            return [(int(k), r, d, float(u)) for k, r, d, u in rows]
+                f"WITH page AS (SELECT digest, size FROM gc_sizes WHERE digest > ? ORDER BY digest LIMIT ?) "
+                f"SELECT s.digest, CASE WHEN {self._PROXIED_ONLY} THEN s.size ELSE 0 END FROM page s ORDER BY s.digest",
+                (after, scan),
+            ).fetchall()
+            return sum(int(size) for _, size in rows), (rows[-1][0] if len(rows) == scan else None)
 
-        return self._read(units)
+        return self._read(total)
+
+    def gc_lru_page(
+        self, kind: int, after: tuple[str, str] = ("f/", ""), scan: int = 1000
+    ) -> "Deferred[tuple[list[tuple[int, str, str, float]], tuple[str, str] | None]]":
+        """Units of cached content among the next C{scan} rows after C{after}, as (kind, repo,
+        digest, last use). Kind 0 (C{manifests} rows): a manifest that no other manifest of its
+        cache repository references; evicting it takes what only it holds. Kind 1
+        (C{repo_blobs} rows): a blob link that no manifest of its repository references. Last use
+        is the later of its last read and when it was stored (or linked)."""
+
+        def page(c: sqlite3.Connection) -> tuple[list[tuple[int, str, str, float]], tuple[str, str] | None]:
+            if kind == 0:
+                rows = c.execute(
+                    "WITH page AS (SELECT repo, digest, created FROM manifests WHERE (repo, digest) > (?, ?) "
+                    "AND repo < 'f0' ORDER BY repo, digest LIMIT ?) "
+                    "SELECT p.repo, p.digest, max(p.created, COALESCE(a.atime, 0)), "
+                    "NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child = p.digest AND +r.repo = p.repo) "
+                    "FROM page p LEFT JOIN gc_access a ON a.repo = p.repo AND a.digest = p.digest ORDER BY p.repo, p.digest",
+                    (*after, scan),
+                ).fetchall()
+            else:
+                rows = c.execute(
+                    "WITH page AS (SELECT repo, digest, created FROM repo_blobs WHERE (repo, digest) > (?, ?) "
+                    "AND repo < 'f0' ORDER BY repo, digest LIMIT ?) "
+                    "SELECT p.repo, p.digest, max(COALESCE(l.linked, p.created), COALESCE(a.atime, 0)), "
+                    "NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child = p.digest AND +r.repo = p.repo) "
+                    "AND NOT EXISTS (SELECT 1 FROM manifests m WHERE m.repo = p.repo AND m.digest = p.digest) "
+                    "FROM page p LEFT JOIN gc_links l ON l.repo = p.repo AND l.digest = p.digest "
+                    "LEFT JOIN gc_access a ON a.repo = p.repo AND a.digest = p.digest ORDER BY p.repo, p.digest",
+                    (*after, scan),
+                ).fetchall()
+            units = [(kind, repo, digest, float(used)) for repo, digest, used, unit in rows if unit]
+            return units, ((rows[-1][0], rows[-1][1]) if len(rows) == scan else None)
+
+        return self._read(page)
 
     @staticmethod
     def _gc_has_rows(c: sqlite3.Connection, digest: str) -> bool:
@@ -585,7 +643,7 @@ class Metadata:
         touched.add(digest)
         for child in children:
             touched.add(child)
-            if c.execute("SELECT 1 FROM manifest_refs WHERE child = ? AND repo = ? LIMIT 1", (child, repo)).fetchone():
+            if c.execute("SELECT 1 FROM manifest_refs WHERE child = ? AND +repo = ? LIMIT 1", (child, repo)).fetchone():
                 continue  # still used by another manifest of this repository
             if c.execute("SELECT 1 FROM manifests WHERE repo = ? AND digest = ?", (repo, child)).fetchone():
                 # A child of an evicted index: only the index kept it.
@@ -613,7 +671,7 @@ class Metadata:
                 atime = c.execute("SELECT atime FROM gc_access WHERE repo = ? AND digest = ?", (repo, digest)).fetchone()
                 if atime is not None and atime[0] > used:
                     continue
-                if c.execute("SELECT 1 FROM manifest_refs WHERE child = ? AND repo = ? LIMIT 1", (digest, repo)).fetchone():
+                if c.execute("SELECT 1 FROM manifest_refs WHERE child = ? AND +repo = ? LIMIT 1", (digest, repo)).fetchone():
                     continue
                 if kind == 0:
                     row = c.execute("SELECT created FROM manifests WHERE repo = ? AND digest = ?", (repo, digest)).fetchone()
@@ -644,21 +702,24 @@ class Metadata:
 
     # Blob files with no row left: candidates, quarantine, deletion.
 
-    def gc_candidates(self, limit: int = 10000) -> "Deferred[dict[str, bool]]":
-        """Digests that lost their last row (or may have), each with whether eviction freed it:
-        those that gained a row back are dropped from the list, the others returned (they stay
-        listed until dealt with)."""
+    def gc_candidates(self, after: str = "", scan: int = 1000) -> "Deferred[tuple[dict[str, bool], str | None]]":
+        """The next C{scan} digests after C{after} that lost their last row (or may have), each
+        with whether eviction freed it. Those that gained a row back (or are in quarantine) are
+        dropped from the list; the others are returned and stay listed until dealt with."""
 
-        def take(c: sqlite3.Connection) -> dict[str, bool]:
+        def take(c: sqlite3.Connection) -> tuple[dict[str, bool], str | None]:
+            rows = c.execute(
+                "SELECT digest, evicted FROM gc_candidates WHERE digest > ? ORDER BY digest LIMIT ?", (after, scan)
+            ).fetchall()
             found: dict[str, bool] = {}
-            for digest, evicted in c.execute("SELECT digest, evicted FROM gc_candidates LIMIT ?", (limit,)).fetchall():
+            for digest, evicted in rows:
                 if self._gc_has_rows(c, digest) or c.execute(
                     "SELECT 1 FROM gc_quarantine WHERE digest = ?", (digest,)
                 ).fetchone():
                     c.execute("DELETE FROM gc_candidates WHERE digest = ?", (digest,))
                 else:
                     found[digest] = bool(evicted)
-            return found
+            return found, (rows[-1][0] if len(rows) == scan else None)
 
         return self._write(take)
 

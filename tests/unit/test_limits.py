@@ -220,6 +220,20 @@ def test_slow_reader_that_keeps_reading_is_not_cut(site: TrowSite, app: _App, cl
     assert conn.statuses() == [200]
 
 
+def test_pauses_of_a_fast_download_cost_one_timer(site: TrowSite, app: _App, clock: Clock) -> None:
+    """A fast download pauses and resumes thousands of times a second: that must not become
+    thousands of timers."""
+    conn = Conn(site)
+    conn.send(b"GET /hold HTTP/1.1\r\nHost: trow\r\n\r\n")
+    for _ in range(1000):
+        conn.channel.pauseProducing()
+        conn.channel.resumeProducing()
+    assert len(clock.getDelayedCalls()) == 1
+    clock.advance(120)
+    assert not conn.closing
+    assert clock.getDelayedCalls() == []
+
+
 def test_long_answer_without_backpressure_is_not_cut(site: TrowSite, app: _App, clock: Clock) -> None:
     """Work that takes long on trow's side (an upstream fetch) is not the client's idling."""
     conn = Conn(site)

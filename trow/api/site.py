@@ -236,6 +236,8 @@ class TrowChannel(http.HTTPChannel):
     _header_bytes = 0
     _header_call: IDelayedCall | None = None
     _stall_call: IDelayedCall | None = None
+    # When the transport last paused us (its buffer full) without resuming since, else None.
+    _paused_since: float | None = None
     _abort_call: IDelayedCall | None = None
     _counted = False
     _refusing = False
@@ -315,21 +317,32 @@ class TrowChannel(http.HTTPChannel):
     def pauseProducing(self) -> None:
         # The transport's buffer is full: the client is not reading what we send.
         super().pauseProducing()
-        if self._stall_call is None and self.idle_timeout:
-            self._stall_call = self.callLater(self.idle_timeout, self._stalled)
+        if self.idle_timeout:
+            self._paused_since = self.site.reactor.seconds()
+            # A download pauses and resumes for every buffer-full, thousands of times a second:
+            # one timer per idle period that looks at _paused_since, not one per pause.
+            if self._stall_call is None:
+                self._stall_call = self.callLater(self.idle_timeout, self._check_stall)
 
     def resumeProducing(self) -> None:
-        self._cancel_stall_timer()
+        self._paused_since = None
         super().resumeProducing()
 
     def _cancel_stall_timer(self) -> None:
+        self._paused_since = None
         if self._stall_call is not None:
             if self._stall_call.active():
                 self._stall_call.cancel()
             self._stall_call = None
 
-    def _stalled(self) -> None:
+    def _check_stall(self) -> None:
         self._stall_call = None
+        if self._paused_since is None or not self.idle_timeout:
+            return
+        waited = self.site.reactor.seconds() - self._paused_since
+        if waited < self.idle_timeout:
+            self._stall_call = self.callLater(self.idle_timeout - waited, self._check_stall)
+            return
         _log.info(
             "closing connection from {peer}: it read nothing of its response for {timeout}s",
             peer=_peer(self),

@@ -239,3 +239,24 @@ def test_a_failed_flush_keeps_the_reads_for_the_next_one(world: World, logged: l
     world.metadata.gc_record_access = real  # type: ignore[method-assign]
     result_of(tracker.flush())
     assert value in result_of(world.metadata.gc_access_times(CACHE))
+
+
+def test_the_restore_hook_is_installed_at_start(tmp_path: Path) -> None:
+    """Files a previous run left in quarantine (here: a stop, then a restart that did not empty
+    tmp/) come back the moment something links them, before the first pass has run."""
+    world = World(str(tmp_path / "data"))
+    value = orphan(world, "left")
+    world.later(2 * HOUR)
+    collector = world.collector(grace=HOUR, settle=30)
+    d = collector.run()
+    collector.stop()
+    assert result_of(d).interrupted and not world.stored(value)
+    world = world.reopen()
+    try:
+        service = GarbageCollector(world.collector(), world.clock, INTERVAL)
+        service.startService()
+        result_of(world.metadata.link_blob("team/b", value))
+        assert world.servable("team/b", value)
+        result_of(service.stopService())
+    finally:
+        world.metadata.close()

@@ -195,6 +195,17 @@ class Collector:
         """Is a pass in progress?"""
         return self._running
 
+    def prepare(self) -> "Deferred[None]":
+        """Install the restore hook on the db connection (done by the first pass otherwise):
+        files a previous run left in quarantine then come back the moment something links them."""
+        if self._hooked or self.dry_run:
+            return succeed(None)
+
+        def hooked(_: object) -> None:
+            self._hooked = True
+
+        return self.metadata.gc_install_restore(self.blobs.put_back_sync).addCallback(hooked)
+
     def stop(self) -> None:
         """Cut a running pass short at its next step (at once if it waits for files to settle).
         Files it moved aside stay in quarantine: safe, and dealt with by a later pass or start-up."""
@@ -229,9 +240,7 @@ class Collector:
         state = _PassState()
         try:
             if not self.dry_run:
-                if not self._hooked:
-                    await self.metadata.gc_install_restore(self.blobs.put_back_sync)
-                    self._hooked = True
+                await self.prepare()
                 await self._leftovers(now, state)
             self._check()
             await self._expire_uploads(now, state)
@@ -481,6 +490,7 @@ class GarbageCollector(Service):
 
     def startService(self) -> None:
         super().startService()
+        self.collector.prepare().addErrback(lambda f: _log.failure("installing the gc restore hook failed", f))
         if self.interval > 0:
             self._schedule(self._first_delay)
 

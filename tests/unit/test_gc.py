@@ -404,6 +404,21 @@ def image_bytes(world: World, repo: str, manifest: str) -> int:
     return len(content) + document["config"]["size"] + sum(layer["size"] for layer in document["layers"])
 
 
+def test_a_cached_blob_read_recently_is_not_swept(world: World) -> None:
+    """A cached blob no manifest references (pulled by digest) counts from its last read, not
+    from when it was linked: content in use stays until eviction needs the room."""
+    lone = world.cache_blob(CACHE, blob("by-digest"))
+    idle = world.cache_blob(OTHER_CACHE, blob("idle"))
+    world.later(2 * HOUR)
+    tracker = AccessTracker(world.metadata, world.clock)
+    tracker.touch(CACHE, lone)
+    result_of(tracker.flush())
+    world.later(60)
+    result = world.gc(grace=HOUR)
+    assert result.swept == ((OTHER_CACHE, idle),)
+    assert world.servable(CACHE, lone)
+
+
 def test_no_eviction_under_max_size(world: World) -> None:
     """Below max_size nothing cached is removed, however old."""
     images = cached_images(world, 3)

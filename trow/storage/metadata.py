@@ -450,9 +450,9 @@ class Metadata:
     def gc_sweep_links(
         self, cutoff: float, now: float, after: tuple[str, str] = ("", ""), scan: int = 1000
     ) -> "Deferred[tuple[list[tuple[str, str]], tuple[str, str] | None]]":
-        """Look at the next C{scan} blob links after C{after}; remove those made before
-        C{cutoff} that no manifest of their repository references (config, layer, child,
-        subject). Returns what was removed and where to go on.
+        """Look at the next C{scan} blob links after C{after}; remove those made (and, in cache
+        repositories, last read) before C{cutoff} that no manifest of their repository references
+        (config, layer, child, subject). Returns what was removed and where to go on.
 
         Each is remembered in C{gc_swept}, so that a manifest stored just after, by a push that
         saw the link, brings it back (trigger C{gc_swept_referenced}).
@@ -462,11 +462,12 @@ class Metadata:
             rows = c.execute(
                 "WITH page AS (SELECT repo, digest, created FROM repo_blobs WHERE (repo, digest) > (?, ?) "
                 "ORDER BY repo, digest LIMIT ?) "
-                "SELECT p.repo, p.digest, COALESCE(l.linked, p.created) < ? "
+                "SELECT p.repo, p.digest, max(COALESCE(l.linked, p.created), COALESCE(a.atime, 0)) < ? "
                 "AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child = p.digest AND +r.repo = p.repo) "
                 "AND NOT EXISTS (SELECT 1 FROM manifests m WHERE m.repo = p.repo AND m.digest = p.digest) "
                 "AND NOT EXISTS (SELECT 1 FROM manifests m WHERE m.repo = p.repo AND m.subject = p.digest) "
-                "FROM page p LEFT JOIN gc_links l ON l.repo = p.repo AND l.digest = p.digest ORDER BY p.repo, p.digest",
+                "FROM page p LEFT JOIN gc_links l ON l.repo = p.repo AND l.digest = p.digest "
+                "LEFT JOIN gc_access a ON a.repo = p.repo AND a.digest = p.digest ORDER BY p.repo, p.digest",
                 (*after, scan, cutoff),
             ).fetchall()
             swept = [(repo, digest) for repo, digest, dead in rows if dead]

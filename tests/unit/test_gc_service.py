@@ -119,7 +119,7 @@ def test_a_failing_pass_is_logged_and_the_next_one_runs(world: World, logged: li
     service = GarbageCollector(collector, world.clock, INTERVAL, on_pass=seen.append, first_delay=1)
     service.startService()
     world.later(1)
-    assert seen == []
+    assert seen == [] and service.failures == 1
     failures = [e for e in logged if e.get("log_failure") is not None]
     assert failures and "garbage collection pass failed" in formatEvent(failures[0])
     assert failures[0]["log_failure"].check(sqlite3.OperationalError)

@@ -486,7 +486,9 @@ class GarbageCollector(Service):
         self._call: IDelayedCall | None = None
         self._current: Deferred[PassResult | None] | None = None
         self._waiters: list[Deferred[PassResult | None]] = []
+        # The last few results, and how many passes failed (for a metrics gauge or counter).
         self.results: list[PassResult] = []
+        self.failures = 0
 
     def startService(self) -> None:
         super().startService()
@@ -526,6 +528,7 @@ class GarbageCollector(Service):
                 await self._tracker.flush()
             result = await self.collector.run()
         except Exception:
+            self.failures += 1
             _log.failure("garbage collection pass failed; the next one runs as planned")
             return None
         self.results = self.results[-9:] + [result]

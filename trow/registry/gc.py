@@ -7,6 +7,7 @@ One pass (L{Collector.run}) does, in order:
    child, subject) and that was made more than C{grace} ago is removed. The time is that of the
    latest link (C{gc_links}, kept by a trigger, since an C{INSERT OR IGNORE} of an existing link
    leaves C{repo_blobs.created} alone): blobs pushed again just before their manifest are fresh.
+   In cache repositories the last read counts too: a blob pulled by digest alone stays while used.
 3. Above C{max_size}, eviction: the total size of what only cache repositories (C{f/...}) hold is
    brought under C{low_water * max_size} by removing, least recently used first, manifests of
    cache repositories that no other manifest there references (with their tags, and the index
@@ -19,6 +20,10 @@ One pass (L{Collector.run}) does, in order:
    the file is younger than C{grace}. Candidates come from C{gc_candidates} (a trigger records
    every digest that loses a row), plus, on the first pass and every C{walk_every} passes after,
    a walk of C{blobs/} that finds what a crash left behind, so a pass does not walk every blob.
+
+Every table scan pages through its table in key order, C{scan} rows per db call, so a pass
+never holds the single db worker for more than a few milliseconds at a time; blob sizes are
+stat'ed once per digest and kept in sqlite (C{gc_sizes}).
 
 Why deleting a file cannot race a push, a mount or a cache fill of the same digest:
 

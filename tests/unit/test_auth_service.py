@@ -262,14 +262,32 @@ def test_proxied_names_follow_the_same_rules(tmp_path: Path) -> None:
     assert env.require(token, "f/127.0.0.1:5000/library/alpine", "pull").user == "alice"
 
 
-def test_the_cache_repository_must_be_allowed_too(tmp_path: Path) -> None:
-    """?ns=ghcr.io with name x/y: the rules on f/ghcr.io/x/y apply as well as those on x/y."""
+def test_the_cache_repository_is_what_the_rules_judge(tmp_path: Path) -> None:
+    """?ns=ghcr.io with name x/y reads f/ghcr.io/x/y: the rules on that cache repository decide,
+    whatever they say of a local x/y."""
     env = Env(tmp_path, rules=[{"users": ["alice"], "repositories": [""], "actions": ["pull"]},
-                                {"users": ["bob"], "repositories": ["x"], "actions": ["pull"]}])
+                                {"users": ["bob"], "repositories": ["x"], "actions": ["pull"]},
+                                {"users": ["admin"], "repositories": ["f/ghcr.io/"], "actions": ["pull"]}])
     assert env.require(basic("alice", "alice-pw"), "x/y", "pull", cache="f/ghcr.io/x/y").user == "alice"
     with pytest.raises(Denied):
         env.require(basic("bob", "bob-pw"), "x/y", "pull", cache="f/ghcr.io/x/y")
     assert env.require(basic("bob", "bob-pw"), "x/y", "pull").user == "bob"
+    assert env.require(basic("admin", "admin-pw"), "x/y", "pull", cache="f/ghcr.io/x/y").user == "admin"
+    with pytest.raises(Denied):
+        env.require(basic("admin", "admin-pw"), "x/y", "pull")
+
+
+def test_an_alias_and_its_host_are_one_repository(tmp_path: Path) -> None:
+    """With the cache's canonical names plugged in, a rule on f/<host>/ covers f/<alias>/ in
+    requests and in tokens, and a rule naming the alias alone grants nothing extra."""
+    env = Env(tmp_path, rules=[{"users": ["alice"], "repositories": ["f/registry.corp:5000/"], "actions": ["pull"]},
+                                {"users": ["bob"], "repositories": ["f/corp/"], "actions": ["pull"]}])
+    env.auth.canonical = lambda name: name.replace("f/corp/", "f/registry.corp:5000/", 1)
+    assert env.require(basic("alice", "alice-pw"), "f/corp/app", "pull").user == "alice"
+    token = env.token(Credentials("alice", "alice-pw"), "repository:f/corp/app:pull")
+    assert env.require(token, "f/corp/app", "pull").user == "alice"
+    with pytest.raises(Denied):
+        env.require(basic("bob", "bob-pw"), "f/corp/app", "pull")
 
 
 def test_anonymous_tokens(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import attrs
 from twisted.logger import Logger
@@ -147,6 +147,9 @@ class Authenticator:
         self.policy = policy
         self.tokens = tokens
         self.enabled = enabled
+        # The repository a name stands for, as rules see it: the pull-through cache sets this so
+        # that f/<alias>/x and f/<host>/x are judged as one repository (identity by default).
+        self.canonical: Callable[[str], str] = lambda name: name
 
     def __repr__(self) -> str:
         return f"<Authenticator enabled={self.enabled}>"
@@ -236,7 +239,9 @@ class Authenticator:
         C{repository} None is the API base C{/v2/}: any identity but an anonymous one passes.
         C{repository} is the name the client used (the one its token names); C{cache_repository}
         is, for a proxied request, the cache repository it maps to (C{?ns=docker.io} turns
-        C{library/alpine} into C{f/docker.io/library/alpine}): the policy must allow both.
+        C{library/alpine} into C{f/docker.io/library/alpine}). The rules judge the repository
+        really accessed: the cache repository if there is one, else C{repository}, both through
+        L{canonical} (so an alias and its host are one repository).
         """
         if not self.enabled:
             return
@@ -248,8 +253,8 @@ class Authenticator:
         scope = Scope(REPOSITORY, repository, needed)
         if identity.method == "anonymous":
             raise Unauthorized("authentication required", (scope,))
-        names = [repository] + ([cache_repository] if cache_repository and cache_repository != repository else [])
-        allowed = all(self.policy.granted(identity.user, name, needed) == needed for name in names)
+        target = self.canonical(cache_repository or repository)
+        allowed = self.policy.granted(identity.user, target, needed) == needed
         if identity.claims is not None:
             carried = all(identity.claims.grants(REPOSITORY, repository, action) for action in needed)
             if carried and allowed:
@@ -335,7 +340,7 @@ class Authenticator:
         else:
             await self._check_password(credentials)
             user = credentials.user
-        granted = [g for g in (self.policy.grant_scope(user, s) for s in scopes[:MAX_SCOPES]) if g is not None]
+        granted = [g for g in (self._grant(user, s) for s in scopes[:MAX_SCOPES]) if g is not None]
         issued = self.tokens.issue(user, granted)
         _log.info(
             "token for {user!r}: {scopes}",
@@ -343,6 +348,15 @@ class Authenticator:
             scopes=" ".join(s.format() for s in granted) or "(no scope)",
         )
         return issued
+
+
+    def _grant(self, user: str | None, scope: Scope) -> Scope | None:
+        """The part of C{scope} the rules give C{user}, judged on the canonical repository but
+        naming the repository as the client asked for it (its requests will name it so)."""
+        if scope.type != REPOSITORY:
+            return self.policy.grant_scope(user, scope)
+        actions = self.policy.granted(user, self.canonical(scope.name), scope.actions)
+        return Scope(scope.type, scope.name, actions) if actions else None
 
 
 def auth_enabled(user: str | None, htpasswd: str | None, config: AuthConfig) -> bool:

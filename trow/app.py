@@ -25,8 +25,11 @@ from trow.proxy.names import UpstreamDirectory
 from trow.proxy.service import ProxyRegistry
 from trow.proxy.tee import Fetcher
 from trow.proxy.upstream import UpstreamClient
+from trow.registry.access import AccessTracker
+from trow.registry.gc import Collector, GarbageCollector, PassResult
 from trow.registry.service import Registry
 from trow.storage.blobs import BlobStore
+from trow.storage.lock import lock_data_dir
 from trow.storage.metadata import Metadata
 from trow.storage.uploads import UploadFiles
 from trow.webhook.rules import Mutator, Validator
@@ -75,10 +78,17 @@ class _CloseMetadata(Service):
         self._metadata.close()
 
 
-def build_proxy(registry: Registry, config: ProxyConfig, reactor: Any, hostname: str | None) -> ProxyRegistry:
+def build_proxy(
+    registry: Registry,
+    config: ProxyConfig,
+    reactor: Any,
+    hostname: str | None,
+    metrics: Metrics | None = None,
+    access: AccessTracker | None = None,
+) -> ProxyRegistry:
     """The pull-through cache over the local registry's stores."""
-    upstream = UpstreamClient(reactor)
-    fetcher = Fetcher(registry.blobs, registry.metadata, upstream, reactor)
+    upstream = UpstreamClient(reactor, metrics=metrics)
+    fetcher = Fetcher(registry.blobs, registry.metadata, upstream, reactor, metrics=metrics)
     return ProxyRegistry(
         registry,
         UpstreamDirectory(config),
@@ -86,7 +96,53 @@ def build_proxy(registry: Registry, config: ProxyConfig, reactor: Any, hostname:
         fetcher,
         offline=config.offline,
         own_hosts=(hostname,) if hostname else (),
+        metrics=metrics,
+        access=access,
     )
+
+
+def add_gc(
+    root: MultiService, settings: Any, reactor: Any, stores: Stores, registry: Registry, metrics: Metrics
+) -> tuple[AccessTracker, "list[ProxyRegistry]"]:
+    """Read-time tracking and the garbage collector (the gc: section and max_size).
+
+    Returns the tracker, and a list the caller puts the proxy in once it exists (the collector
+    asks it which blobs are downloading).
+    """
+    tracker = AccessTracker(stores.metadata, reactor)
+    tracker.setServiceParent(root)
+    proxies: list[ProxyRegistry] = []
+
+    def in_use(digest: str) -> bool:
+        # Streamed or looked up right now, or still downloading: never deleted under a client.
+        return registry.reading[digest] > 0 or any(digest in p.fetcher.downloads for p in proxies)
+
+    def observe(result: PassResult) -> None:
+        for repo, digest in result.evicted:
+            registry.forget_manifest(repo, digest)
+        metrics.gc_pass(
+            duration=result.seconds,
+            uploads=result.uploads,
+            blobs=result.blobs,
+            manifests=result.manifests,
+            freed_bytes=result.bytes,
+        )
+        metrics.cache_evicted(len(result.evicted))
+        if result.proxied_bytes is not None:  # measured only when max_size is set
+            metrics.set_cache_size(result.proxied_bytes)
+
+    collector = Collector.from_config(
+        settings.config, stores.blobs, stores.uploads, stores.metadata, reactor, in_use=in_use
+    )
+    GarbageCollector(
+        collector,
+        reactor,
+        settings.config.gc.interval,
+        tracker=tracker,
+        on_pass=observe,
+        on_failure=lambda seconds: metrics.gc_pass(duration=seconds, failed=True),
+    ).setServiceParent(root)
+    return tracker, proxies
 
 
 class _UpstreamPool(Service):
@@ -124,6 +180,9 @@ class SequentialMultiService(MultiService):
 def build_service(settings: Any, reactor: Any) -> MultiService:
     """The whole trow process as one service tree."""
     root = SequentialMultiService()
+    # Two trow processes on one data dir would corrupt each other's view of it: refuse the second
+    # (and `python -m trow gc` while a server runs). Held until the process exits.
+    root.data_dir_lock = lock_data_dir(settings.data_dir)  # type: ignore[attr-defined]
     metrics = Metrics(clock=reactor, process=True)
     disk = ThreadWorker(reactor, "trow-disk", max_threads=4)
     db = ThreadWorker(reactor, "trow-db", max_threads=1)
@@ -140,7 +199,10 @@ def build_service(settings: Any, reactor: Any) -> MultiService:
         orphans=cleaned["orphan_uploads"],
     )
     registry = Registry(stores.blobs, stores.uploads, stores.metadata, settings.config.limits.max_manifest_size)
-    proxy = build_proxy(registry, settings.config.registry_proxies, reactor, settings.hostname)
+    # Stopped after the listeners and downloads, before the workers it runs on.
+    tracker, proxies = add_gc(root, settings, reactor, stores, registry, metrics)
+    proxy = build_proxy(registry, settings.config.registry_proxies, reactor, settings.hostname, metrics, tracker)
+    proxies.append(proxy)
     _UpstreamPool(proxy).setServiceParent(root)
     limits = settings.config.limits
     # bcrypt on a pool of its own: a flood of logins must not queue ahead of fsyncs and hashing.
@@ -156,6 +218,7 @@ def build_service(settings: Any, reactor: Any) -> MultiService:
         worker=auth_worker,
         clock=reactor.seconds,
     )
+    authenticator.canonical = proxy.canonical_repository
     resource = RegistryAPI(registry, proxy, AuthAPI(authenticator, settings.hostname)).resource()
     uploads = UploadSlots(limits.max_concurrent_uploads, metrics)
     # One site per listener, so that max_connections counts per listener; the upload slots are

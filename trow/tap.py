@@ -18,6 +18,7 @@ from twisted.python import usage
 from trow.auth.service import check_settings
 from trow.auth.users import AuthSetupError
 from trow.config import Config, ConfigError, config_summary, load_config
+from trow.storage.lock import DataDirLocked
 from trow.logs import LogFormatError, use_log_format
 
 
@@ -223,5 +224,5 @@ def makeService(options: Options) -> IService:
 
     try:
         return build_service(options.settings, reactor)
-    except AuthSetupError as e:
+    except (AuthSetupError, DataDirLocked) as e:
         fail(str(e))

@@ -19,7 +19,7 @@ from typing import Callable
 
 import pytest
 
-from tests.integration.conftest import TrowProcess
+from tests.integration.conftest import TrowProcess, trow_command
 
 ROOT = Path(__file__).resolve().parents[2]
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -191,12 +191,22 @@ def test_refused_while_another_process_holds_the_data_dir_then_allowed(
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the server takes the data-dir lock once trow.app calls trow.storage.lock.lock_data_dir at "
-    "start-up (the lead's wiring); remove this mark then",
-)
 def test_refused_while_a_trow_server_runs_on_the_data_dir(trow: TrowProcess, tmp_path: Path) -> None:
     result = gc_command("--data-dir", str(trow.data_dir), "--dry-run")
     assert result.returncode == 1
     assert "in use by another trow process" in result.stderr
+
+
+def test_a_second_server_on_the_same_data_dir_is_refused(trow: TrowProcess) -> None:
+    """Two trow processes on one data dir would each think they own it: the second one exits
+    with one clear line before binding anything, and the first keeps serving."""
+    second = subprocess.run(
+        trow_command(["--listen", "tcp:0:interface=127.0.0.1", "--data-dir", str(trow.data_dir)]),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode == 1
+    errors = [line for line in second.stderr.splitlines() if line.startswith("trow: error:")]
+    assert len(errors) == 1 and "in use by another trow process" in errors[0], second.stderr
+    assert trow.request("GET", "/v2/").status == 200

@@ -32,6 +32,8 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IRequest
 from zope.interface import implementer
 
 from tests.unit.harness import Client, Response, Trow, result_of
+from trow.metrics import Metrics
+from trow.registry.access import AccessTracker
 from trow.config import ProxyConfig, UpstreamRegistry
 from trow.proxy.names import UpstreamDirectory
 from trow.proxy.service import ProxyRegistry
@@ -526,10 +528,19 @@ def make_cache(
     clock = Clock()
     fake = fake or FakeRegistry()
     http = StubHTTP(fake.resource(), clock)
-    upstream = UpstreamClient(clock, http_for=lambda _upstream: http)
-    fetcher = Fetcher(trow.stores.blobs, trow.stores.metadata, upstream, clock)
+    # One set of metrics for the whole cache, as trow.app wires it.
+    metrics = Metrics()
+    upstream = UpstreamClient(clock, http_for=lambda _upstream: http, metrics=metrics)
+    fetcher = Fetcher(trow.stores.blobs, trow.stores.metadata, upstream, clock, metrics=metrics)
     proxy = ProxyRegistry(
-        trow.registry, UpstreamDirectory(config), upstream, fetcher, offline=offline, own_hosts=tuple(own_hosts)
+        trow.registry,
+        UpstreamDirectory(config),
+        upstream,
+        fetcher,
+        offline=offline,
+        own_hosts=tuple(own_hosts),
+        metrics=metrics,
+        access=AccessTracker(trow.stores.metadata, clock),
     )
     api = Client(RegistryAPI(trow.registry, proxy).resource())
     return Cache(trow, clock, fake, http, upstream, proxy, api)

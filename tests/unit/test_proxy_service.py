@@ -384,6 +384,16 @@ def test_cache_name_forms(cache: Cache) -> None:
     assert proxy.cache_name("library/nginx", None) is None
 
 
+def test_canonical_repository_for_auth_rules(cache: Cache) -> None:
+    """Auth rules see one name per cache repository: the alias and host forms map to it; local
+    names, and f/ names of hosts trow does not proxy, stay as they are."""
+    proxy: ProxyRegistry = cache.proxy
+    assert proxy.canonical_repository("f/docker/nginx") == NGINX
+    assert proxy.canonical_repository("f/index.docker.io/library/nginx") == NGINX
+    assert proxy.canonical_repository("team/app") == "team/app"
+    assert proxy.canonical_repository("f/unknown.example/x") == "f/unknown.example/x"
+
+
 def test_cache_name_with_ns_of_trow_itself_stays_local(trow: Trow) -> None:
     """?ns=<trow's own hostname> (containerd mirroring trow's own images) is a local repository."""
     cache = make_cache(trow, own_hosts=("trow.example.com",))
@@ -616,3 +626,77 @@ def test_api_dead_upstream_with_nothing_cached_is_503_json(cache: Cache) -> None
     assert r.error_code() == "UNAVAILABLE"
     r = cache.api.get(f"/v2/f/docker/nginx/blobs/{sha256(b'x')}")
     assert (r.code, r.error_code()) == (503, "UNAVAILABLE")
+
+
+# -- metrics and recency ------------------------------------------------------------------------
+
+
+def cache_count(cache: Cache, kind: str, result: str) -> float:
+    return cache.proxy.metrics.value("trow_cache_requests_total", kind=kind, result=result)
+
+
+def test_cache_lookups_are_counted_as_hits_and_misses(cache: Cache) -> None:
+    """Each client lookup counts once: an uncached tag is a miss, the same tag again a hit (a HEAD
+    that found the digest cached), its digest a manifest hit; a blob misses, then hits."""
+    _, digest = publish(cache)
+    get(cache, "latest")
+    assert (cache_count(cache, "tag", "miss"), cache_count(cache, "tag", "hit")) == (1, 0)
+    get(cache, "latest")
+    get(cache, digest)
+    assert (cache_count(cache, "tag", "hit"), cache_count(cache, "manifest", "hit")) == (1, 1)
+    blob = cache.fake.add_blob(b"layer bytes" * 100)
+    stream(run(cache.proxy.blob_source(NGINX, blob)))
+    stream(run(cache.proxy.blob_source(NGINX, blob)))
+    assert (cache_count(cache, "blob", "miss"), cache_count(cache, "blob", "hit")) == (1, 1)
+
+
+def test_upstream_requests_bytes_and_downloads_are_counted(cache: Cache) -> None:
+    """Upstream exchanges by status, body bytes by upstream, and downloads by outcome."""
+    metrics = cache.proxy.metrics
+    data = bytes(range(256)) * 40
+    blob = cache.fake.add_blob(data)
+    source = run(cache.proxy.blob_source(NGINX, blob))
+    assert stream(source) == data
+    assert metrics.value("trow_downloads_in_flight") == 0
+    assert metrics.value("trow_download_waiters") == 0
+    assert metrics.value("trow_downloads_total", outcome="complete") == 1
+    assert metrics.value("trow_upstream_requests_total", upstream="docker.io", code="200") >= 1
+    assert metrics.value("trow_upstream_bytes_total", upstream="docker.io") == len(data)
+    error_of(cache.proxy.blob_source(NGINX, sha256(b"missing")))
+    assert metrics.value("trow_upstream_requests_total", upstream="docker.io", code="404") == 1
+    assert metrics.value("trow_upstream_errors_total", upstream="docker.io", reason="status") == 1
+
+
+def test_a_dead_upstream_is_counted_as_a_connect_error(cache: Cache) -> None:
+    """No response at all: code "none" and a connect error, once (the breaker holds the rest)."""
+    cache.http.refuse = True
+    error_of(cache.proxy.blob_source(NGINX, sha256(b"anything")))
+    error_of(cache.proxy.blob_source(NGINX, sha256(b"anything else")))
+    metrics = cache.proxy.metrics
+    assert metrics.value("trow_upstream_requests_total", upstream="docker.io", code="none") == 1
+    assert metrics.value("trow_upstream_errors_total", upstream="docker.io", reason="connect") == 1
+
+
+def test_a_bad_download_is_counted_as_failed_with_its_reason(cache: Cache) -> None:
+    """Content that does not hash to its digest: a digest error and a failed download."""
+    data = b"the real bytes" * 50
+    blob = cache.fake.add_blob(data)
+    cache.fake.blobs[blob] = b"something else" * 50  # same length, wrong content
+    # In memory the whole download has ended before the client could start reading.
+    assert error_of(cache.proxy.blob_source(NGINX, blob)).status == 502
+    metrics = cache.proxy.metrics
+    assert metrics.value("trow_upstream_errors_total", upstream="docker.io", reason="digest") == 1
+    assert metrics.value("trow_downloads_total", outcome="failed") == 1
+    assert metrics.value("trow_download_waiters") == 0
+
+
+def test_reads_of_cached_content_refresh_its_recency(cache: Cache) -> None:
+    """Every manifest and blob served from a cache repository is noted for LRU eviction."""
+    _, digest = publish(cache)
+    get(cache, "latest")
+    blob = cache.fake.add_blob(b"layer" * 10)
+    stream(run(cache.proxy.blob_source(NGINX, blob)))
+    assert cache.proxy.access is not None
+    assert cache.proxy.access.pending == 2
+    result_of(cache.proxy.access.flush())
+    assert cache.proxy.access.pending == 0

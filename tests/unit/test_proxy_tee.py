@@ -509,3 +509,35 @@ def test_upstream_paused_for_backpressure_is_not_idle(tee: Tee) -> None:
     finally:
         tee.worker.release()
     assert download.failure is None
+
+
+def test_downloads_and_their_waiting_clients_are_counted(tee: Tee) -> None:
+    """While a download runs: one download in flight, one gauge step per client streaming from
+    it; when it ends, both gauges are back to zero and the outcome is counted."""
+    download = tee.download()
+    metrics = download.metrics
+    response = sized_response(tee)
+    first, second = tee.read(download), tee.read(download)
+    response.write(DATA[:10])
+    assert metrics.value("trow_downloads_in_flight") == 1
+    assert metrics.value("trow_download_waiters") == 2
+    response.write(DATA[10:])
+    response.finish()
+    assert first.received == DATA and second.received == DATA
+    assert metrics.value("trow_downloads_in_flight") == 0
+    assert metrics.value("trow_download_waiters") == 0
+    assert metrics.value("trow_downloads_total", outcome="complete") == 1
+
+
+def test_a_bad_download_counts_as_failed_and_releases_its_clients(tee: Tee) -> None:
+    """A digest mismatch: a failed download, a digest error, and no client left counted."""
+    download = tee.download()
+    metrics = download.metrics
+    response = sized_response(tee)
+    reading = tee.read(download)
+    response.write(b"X" + DATA[1:])
+    response.finish()
+    assert failure_of(reading.done).check(DownloadFailed)
+    assert metrics.value("trow_downloads_total", outcome="failed") == 1
+    assert metrics.value("trow_upstream_errors_total", upstream="docker.io", reason="digest") == 1
+    assert metrics.value("trow_download_waiters") == 0

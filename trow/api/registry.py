@@ -249,6 +249,17 @@ class RegistryAPI:
     # -- blobs ------------------------------------------------------------------------------
 
     async def _blob_get(self, request: IRequest, registry: Any, name: str, digest: str, identity: Identity) -> Any:
+        # From the lookup to the last byte sent, garbage collection leaves this blob alone.
+        reading = self.registry.reading
+        reading[digest] += 1
+        try:
+            return await self._send_blob(request, registry, name, digest)
+        finally:
+            reading[digest] -= 1
+            if reading[digest] <= 0:
+                del reading[digest]
+
+    async def _send_blob(self, request: IRequest, registry: Any, name: str, digest: str) -> Any:
         source = await registry.blob_source(name, digest)
         size = source.size
         wanted = _range(header(request, "Range"), size)

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from twisted.logger import Logger
 
+from trow.metrics import Metrics
 from trow.proxy.names import PREFIX, ProxiedName, UpstreamDirectory
 from trow.proxy.tee import DownloadFailed, Fetcher, TeeReader
 from trow.proxy.upstream import UpstreamClient, UpstreamStatus, UpstreamUnavailable
+from trow.registry.access import AccessTracker
 from trow.registry.errors import RegistryError
 from trow.registry.manifests import parse_manifest
 from trow.registry.names import Digest, check_name, is_digest, is_tag
@@ -62,6 +64,8 @@ class ProxyRegistry:
         fetcher: Fetcher,
         offline: bool = False,
         own_hosts: tuple[str, ...] = (),
+        metrics: Metrics | None = None,
+        access: AccessTracker | None = None,
     ) -> None:
         self.local = local
         self.directory = directory
@@ -70,6 +74,14 @@ class ProxyRegistry:
         self.offline = offline
         self._own_hosts = {h.lower() for h in own_hosts}
         self.blobs = local.blobs
+        self.metrics = metrics or Metrics()
+        self.access = access
+
+    def _served(self, name: str, digest: Digest | str, kind: str, hit: bool) -> None:
+        """Count a cache lookup, and refresh the recency of what was read (for LRU eviction)."""
+        self.metrics.cache_lookup(kind, hit)
+        if self.access is not None:
+            self.access.touch(name, str(digest))
 
     # -- addressing -------------------------------------------------------------------------
 
@@ -80,6 +92,15 @@ class ProxyRegistry:
             check_name(name)
             proxied = self.directory.for_namespace(ns, name)
         return None if proxied is None else proxied.cache_repo
+
+    def canonical_repository(self, name: str) -> str:
+        """The cache repository C{f/<alias>/x} or C{f/<host>/x} stands for (for auth rules); any
+        other name, or one trow does not proxy, is itself."""
+        try:
+            proxied = self.directory.for_cache_name(name)
+        except RegistryError:
+            return name
+        return name if proxied is None else proxied.cache_repo
 
     def _proxied(self, cache_name: str) -> ProxiedName:
         proxied = self.directory.for_cache_name(cache_name)
@@ -95,13 +116,16 @@ class ProxyRegistry:
             digest = Digest.parse(reference)
             try:
                 # The hot path: a node pulling a digest it knows, served from memory.
-                return await self.local.get_manifest(name, reference, accept)
+                manifest = await self.local.get_manifest(name, reference, accept)
+                self._served(name, digest, "manifest", True)
+                return manifest
             except RegistryError as e:
                 # Cached but not acceptable to this client: that answer stands.
                 if e.code != "MANIFEST_UNKNOWN" or await self.local.metadata.get_manifest(name, str(digest)):
                     raise
             if self.offline:
                 raise RegistryError("MANIFEST_UNKNOWN", f"{reference} is not cached and trow is offline")
+            self._served(name, digest, "manifest", False)
             try:
                 await self._fetch_manifest(proxied, str(digest), digest, tag=None)
             except (UpstreamUnavailable, UpstreamStatus) as e:
@@ -110,13 +134,13 @@ class ProxyRegistry:
         if not is_tag(reference):
             raise RegistryError("MANIFEST_UNKNOWN", f"manifest {reference} is not in repository {name}")
         if self.offline:
-            return await self.local.get_manifest(name, reference, accept)
+            return self._tag_served(name, await self.local.get_manifest(name, reference, accept), True)
         try:
             head = await self.upstream.head_manifest(proxied, reference)
             known = _digest_or_none(head.digest)
             if known is not None and await self.local.metadata.get_manifest(name, str(known)):
                 await self.local.metadata.put_tag(name, reference, str(known))
-                return await self.local.get_manifest(name, str(known), accept)
+                return self._tag_served(name, await self.local.get_manifest(name, str(known), accept), True)
             await self._fetch_manifest(proxied, str(known) if known else reference, known, tag=reference)
         except (UpstreamUnavailable, UpstreamStatus) as e:
             what = f"{proxied.repo}:{reference}"
@@ -125,12 +149,16 @@ class ProxyRegistry:
             # Upstream down, failing, rate-limiting or sending garbage: the cached tag is the
             # best answer (Docker Hub rate-limits the GET after a free HEAD, for one).
             try:
-                return await self.local.get_manifest(name, reference, accept)
+                return self._tag_served(name, await self.local.get_manifest(name, reference, accept), True)
             except RegistryError as cached_error:
                 if cached_error.code != "MANIFEST_UNKNOWN":
                     raise
             raise upstream_error(e, "MANIFEST_UNKNOWN", what) from None
-        return await self.local.get_manifest(name, reference, accept)
+        return self._tag_served(name, await self.local.get_manifest(name, reference, accept), False)
+
+    def _tag_served(self, name: str, manifest: Manifest, hit: bool) -> Manifest:
+        self._served(name, manifest.record.digest, "tag", hit)
+        return manifest
 
     async def _fetch_manifest(self, proxied: ProxiedName, reference: str, digest: Digest | None, tag: str | None) -> None:
         """GET a manifest from the upstream, verify it, and store it byte-exact.
@@ -163,9 +191,11 @@ class ProxyRegistry:
             # Verified content is the same in every repository: a cache hit wherever it came from.
             if not await self.local.metadata.blob_linked(name, str(digest)):
                 await self.local.metadata.link_blob(name, str(digest))
+            self._served(name, digest, "blob", True)
             return self.local.stored_source(digest, size)
         if self.offline:
             raise RegistryError("BLOB_UNKNOWN", f"blob {digest} is not cached and trow is offline", {"digest": str(digest)})
+        self._served(name, digest, "blob", False)
         download = self.fetcher.get(proxied, digest)
         try:
             size = await download.wait_size()

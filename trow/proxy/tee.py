@@ -25,6 +25,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
 from zope.interface import implementer
 
+from trow.metrics import Metrics
 from trow.proxy.names import ProxiedName
 from trow.proxy.upstream import UpstreamClient, UpstreamStatus, UpstreamUnavailable
 from trow.registry.names import Digest
@@ -54,8 +55,10 @@ class Download:
         clock: IReactorTime,
         idle_timeout: float = 60.0,
         on_done: Callable[["Download"], None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.name = name
+        self.metrics = metrics or Metrics()
         self.digest = digest
         self.repos = {name.cache_repo}
         self._blobs = blobs
@@ -113,6 +116,7 @@ class Download:
 
     def start(self) -> "Deferred[None]":
         """Run the download to its end, whoever is still listening; fires when it has ended."""
+        self.metrics.download_started()
         self.ended = ensureDeferred(self._run()).addErrback(self._fail)
         return self.ended
 
@@ -147,7 +151,7 @@ class Download:
         received = 0
         attempts = 0
         while True:
-            receiver = _BodyReceiver(self._writer, self._clock, self._idle_timeout, skip=0)
+            receiver = _BodyReceiver(self._writer, self._clock, self._idle_timeout, skip=0, on_data=self._received)
             if response.code == 200 and received:
                 # The upstream ignored our Range: drop what we already have.
                 receiver.skip = received
@@ -172,6 +176,7 @@ class Download:
                 # and the digest check below tells whether it is whole.
                 break
             attempts += 1
+            self.metrics.upstream_error(self.name.upstream.host, "truncated")
             if attempts > RESUME_ATTEMPTS or self.size is None:
                 raise DownloadFailed(
                     f"upstream {self.name.upstream.host} dropped {self.digest} after {received} bytes: {reason.getErrorMessage()}"
@@ -192,8 +197,10 @@ class Download:
         if self.size is None:
             self._set_size(received)
         if received != self.size:
+            self.metrics.upstream_error(self.name.upstream.host, "size")
             raise DownloadFailed(f"upstream sent {received} bytes for {self.digest}, expected {self.size}")
         if actual != self.digest.hex:
+            self.metrics.upstream_error(self.name.upstream.host, "digest")
             raise DownloadFailed(
                 f"upstream content for {self.digest} hashes to {self.digest.algorithm}:{actual}; discarded"
             )
@@ -209,6 +216,9 @@ class Download:
         self.complete = True
         _log.info("cached {digest} ({size} bytes) from {host}", digest=str(self.digest), size=self.size, host=self.name.upstream.host)
         self._finish()
+
+    def _received(self, nbytes: int) -> None:
+        self.metrics.upstream_bytes(self.name.upstream.host, nbytes)
 
     def _written(self, total: int) -> None:
         self.available = total
@@ -238,6 +248,10 @@ class Download:
         self._finish()
 
     def _finish(self) -> None:
+        if self.failure is None:
+            self.metrics.download_finished("complete")
+        else:
+            self.metrics.download_finished("abandoned" if self._aborted else "failed")
         self._notify()
         self._listeners.clear()
         if self._on_done is not None:
@@ -278,8 +292,16 @@ class _BodyReceiver(Protocol):
     an upstream that trow paused is not idle.
     """
 
-    def __init__(self, writer: HashingWriter, clock: IReactorTime, idle_timeout: float, skip: int) -> None:
+    def __init__(
+        self,
+        writer: HashingWriter,
+        clock: IReactorTime,
+        idle_timeout: float,
+        skip: int,
+        on_data: Callable[[int], None] = lambda n: None,
+    ) -> None:
         self._writer = writer
+        self._on_data = on_data
         self._clock = clock
         self._idle_timeout = idle_timeout
         self.skip = skip
@@ -334,6 +356,7 @@ class _BodyReceiver(Protocol):
             if not data:
                 return
         self.received += len(data)
+        self._on_data(len(data))
         self._writer.write(data)
 
     def connectionLost(self, reason: Failure = ResponseDone()) -> None:  # type: ignore[assignment]
@@ -354,9 +377,12 @@ class TeeReader(FileRangeProducer):
             handle = open(final_path, "rb")
         super().__init__(handle, offset, length)
         self._download = download
+        self._waiting = False
 
     def start(self, consumer: IConsumer) -> "Deferred[None]":
         """Stream to C{consumer}; fires when all is sent or the client left, fails if the download did."""
+        self._download.metrics.download_waiter_added()
+        self._waiting = True
         self._download.listen(self._produce)
         return super().start(consumer)
 
@@ -373,6 +399,9 @@ class TeeReader(FileRangeProducer):
 
     def _stop(self, failure: Failure | None) -> None:
         self._download.unlisten(self._produce)
+        if self._waiting:
+            self._waiting = False
+            self._download.metrics.download_waiter_removed()
         super()._stop(failure)
 
 
@@ -380,8 +409,14 @@ class Fetcher:
     """Single-flight downloads: at most one upstream GET per digest, whatever the repository."""
 
     def __init__(
-        self, blobs: BlobStore, metadata: Metadata, upstream: UpstreamClient, clock: IReactorTime
+        self,
+        blobs: BlobStore,
+        metadata: Metadata,
+        upstream: UpstreamClient,
+        clock: IReactorTime,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics or Metrics()
         self._blobs = blobs
         self._metadata = metadata
         self._upstream = upstream
@@ -395,7 +430,14 @@ class Fetcher:
         download = self.downloads.get(key)
         if download is None:
             download = Download(
-                name, digest, self._blobs, self._metadata, self._upstream, self._clock, on_done=self._done
+                name,
+                digest,
+                self._blobs,
+                self._metadata,
+                self._upstream,
+                self._clock,
+                on_done=self._done,
+                metrics=self.metrics,
             )
             self.downloads[key] = download
             self.started += 1

@@ -37,6 +37,7 @@ from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionP
 from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
+from trow.metrics import Metrics
 from trow.proxy.names import ProxiedName, Upstream, is_private_address
 from trow.registry.manifests import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 
@@ -190,8 +191,10 @@ class UpstreamClient:
         response_timeout: float = 10.0,
         down_for: float = 30.0,
         http_for: Callable[[Upstream], Any] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._reactor = reactor
+        self.metrics = metrics or Metrics()
         self._clock: IReactorTime = reactor
         self._connect_timeout = connect_timeout
         self._response_timeout = response_timeout
@@ -258,9 +261,16 @@ class UpstreamClient:
                 reactor=self._reactor,
             )
         except _NETWORK_ERRORS as e:
+            self.metrics.upstream_request(upstream.host, None)
+            timed_out = isinstance(e, (net_error.TimeoutError, DeferredTimeout, CancelledError))
+            self.metrics.upstream_error(upstream.host, "timeout" if timed_out else "connect")
             self._mark_down(upstream, f"{type(e).__name__}: {e}")
             raise UpstreamUnavailable(f"upstream {upstream.host} is unreachable: {e}") from None
         self._down_until.pop(upstream.host, None)
+        self.metrics.upstream_request(upstream.host, response.code)
+        if response.code >= 400 and response.code != 401:
+            # A 401 is the start of the token dance, not a failure.
+            self.metrics.upstream_error(upstream.host, "status")
         return response
 
     async def _refuse_private(self, upstream: Upstream, hostname: str) -> None:
@@ -384,6 +394,7 @@ class UpstreamClient:
         response = await self._send(upstream, "GET", token_url, headers)
         body = await self._read_body(upstream, response, _MAX_TOKEN_RESPONSE)
         if response.code != 200:
+            self.metrics.upstream_error(upstream.host, "auth")
             raise UpstreamStatus(
                 response.code, f"token service of {upstream.host} refused us ({response.code})"
             )
@@ -430,7 +441,9 @@ class UpstreamClient:
         response.deliverBody(reader)
         timer = self._clock.callLater(self._response_timeout, reader.give_up)
         try:
-            return await reader.done
+            body = await reader.done
+            self.metrics.upstream_bytes(upstream.host, len(body))
+            return body
         except _TooLarge:
             raise UpstreamStatus(502, f"upstream {upstream.host} sent more than the {max_size} bytes allowed") from None
         except _NETWORK_ERRORS + (_BodyTimeout,) as e:

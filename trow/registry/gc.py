@@ -481,12 +481,14 @@ class GarbageCollector(Service):
         tracker: AccessTracker | None = None,
         on_pass: Callable[[PassResult], object] | None = None,
         first_delay: float | None = None,
+        on_failure: Callable[[float], object] | None = None,
     ) -> None:
         self.collector = collector
         self._clock = clock
         self.interval = interval
         self._tracker = tracker
         self._on_pass = on_pass
+        self._on_failure = on_failure
         self._first_delay = min(interval, 60.0) if first_delay is None else first_delay
         self._call: IDelayedCall | None = None
         self._current: Deferred[PassResult | None] | None = None
@@ -528,6 +530,7 @@ class GarbageCollector(Service):
             waiter.callback(result)
 
     async def _pass(self) -> PassResult | None:
+        started = self._clock.seconds()
         try:
             if self._tracker is not None:
                 await self._tracker.flush()
@@ -535,6 +538,11 @@ class GarbageCollector(Service):
         except Exception:
             self.failures += 1
             _log.failure("garbage collection pass failed; the next one runs as planned")
+            if self._on_failure is not None:
+                try:
+                    self._on_failure(self._clock.seconds() - started)
+                except Exception:
+                    _log.failure("the gc on_failure observer failed")
             return None
         self.results = self.results[-9:] + [result]
         _log.info(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections import Counter
 from typing import Callable, Protocol, Sequence, Union
 
 import attrs
@@ -160,6 +161,12 @@ class Registry:
         self.max_manifest_size = max_manifest_size
         self._upload_locks: dict[str, DeferredLock] = {}
         self._cache = ManifestCache()
+        # Blobs being looked up or streamed right now, by digest: garbage collection keeps them.
+        self.reading: Counter[str] = Counter()
+
+    def forget_manifest(self, repo: str, digest: str) -> None:
+        """Drop a manifest from the in-memory cache (garbage collection removed it)."""
+        self._cache.discard(repo, digest)
 
     # -- pull -------------------------------------------------------------------------------
 

@@ -143,6 +143,8 @@ class GCConfig:
     interval: float = 600.0
     upload_expiry: float = 86400.0
     grace: float = 3600.0
+    # How long a blob file set aside for deletion waits for a late link before it goes.
+    settle: float = 30.0
 
 
 @attrs.frozen
@@ -328,11 +330,12 @@ def _auth(value: object, path: str) -> AuthConfig:
 
 def _gc(value: object, path: str) -> GCConfig:
     section = _mapping(value, path)
-    _check_keys(section, path, ["interval", "upload_expiry", "grace"])
+    _check_keys(section, path, ["interval", "upload_expiry", "grace", "settle"])
     return GCConfig(
         interval=parse_duration(section.get("interval", "10m"), f"{path}.interval"),
         upload_expiry=parse_duration(section.get("upload_expiry", "24h"), f"{path}.upload_expiry"),
         grace=parse_duration(section.get("grace", "1h"), f"{path}.grace"),
+        settle=parse_duration(section.get("settle", "30s"), f"{path}.settle"),
     )
 
 

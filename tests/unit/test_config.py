@@ -438,4 +438,12 @@ def test_summary_is_plain_json(reference: Config) -> None:
     summary = config_summary(reference)
     assert summary["image_validation"]["allow"] == ["registry.k8s.io/", "my-trow.example.com/"]
     assert json.loads(json.dumps(summary)) == summary
-    assert summary["gc"] == {"interval": 600.0, "upload_expiry": 86400.0, "grace": 3600.0}
+    assert summary["gc"] == {"interval": 600.0, "upload_expiry": 86400.0, "grace": 3600.0, "settle": 30.0}
+
+
+def test_gc_settle_time() -> None:
+    """gc.settle: how long a blob set aside for deletion waits for a late link (30s by default)."""
+    assert Config().gc.settle == 30.0
+    assert config_from_dict({"gc": {"settle": "2s"}}).gc.settle == 2.0
+    with pytest.raises(ConfigError, match="gc.settle"):
+        config_from_dict({"gc": {"settle": "soon"}})

@@ -192,6 +192,7 @@ class Collector:
         """A collector with the C{gc:} section's grace and upload expiry and C{registry_proxies.max_size}."""
         kwargs.setdefault("grace", config.gc.grace)
         kwargs.setdefault("upload_expiry", config.gc.upload_expiry)
+        kwargs.setdefault("settle", config.gc.settle)
         kwargs.setdefault("max_size", config.registry_proxies.max_size)
         return cls(blobs, uploads, metadata, clock, **kwargs)
 

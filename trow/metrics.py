@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Iterable
+from typing import Any, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.gc_collector import GCCollector
@@ -128,6 +128,7 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._clock = clock
         self._upstreams: set[str] = set()
+        self._http_children: dict[tuple[object, object, int], tuple[Any, Any, Any, Any]] = {}
         r = self.registry
 
         self.build_info = Gauge("trow_build_info", "trow's version; always 1.", ["version"], registry=r)
@@ -250,13 +251,27 @@ class Metrics:
         self, method: bytes | str, route: object, status: int, duration: float, sent: int, received: int
     ) -> None:
         """One request ended: answered, or cut when its client left (status 499)."""
-        m, rt = method_label(method), route_label(route)
-        self.http_requests.labels(m, rt, str(status)).inc()
-        self.http_duration.labels(m, rt).observe(max(0.0, duration))
+        key = (method, route if isinstance(route, str) else None, status)
+        children = self._http_children.get(key)
+        if children is None:
+            # labels() validates and locks on every call; a request's children are looked up
+            # once per (method, route, status), a set that stays small.
+            m, rt = method_label(method), route_label(route)
+            children = (
+                self.http_requests.labels(m, rt, str(status)),
+                self.http_duration.labels(m, rt),
+                self.http_response_bytes.labels(rt),
+                self.http_request_bytes.labels(rt),
+            )
+            if len(self._http_children) < 4096:
+                self._http_children[key] = children
+        requests, latency, sent_bytes, received_bytes = children
+        requests.inc()
+        latency.observe(max(0.0, duration))
         if sent:
-            self.http_response_bytes.labels(rt).inc(sent)
+            sent_bytes.inc(sent)
         if received:
-            self.http_request_bytes.labels(rt).inc(received)
+            received_bytes.inc(received)
 
     def connection_opened(self, site: str) -> None:
         """A connection was accepted by a listener of C{site} (registry, webhook, metrics)."""

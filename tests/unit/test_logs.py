@@ -118,6 +118,16 @@ def test_secrets_never_reach_the_access_log(events: list[LogEvent]) -> None:
     assert SECRET not in (logs.text_line(event) or "")
 
 
+def test_braces_in_a_path_are_logged_as_they_are(events: list[LogEvent]) -> None:
+    """The access line is pre-formatted: braces a client sends stay text, never a format field."""
+    site = TrowSite(_App(), reactor=Clock())
+    channel, transport = connect(site)
+    channel.dataReceived(b"GET /v2/{client}/{0} HTTP/1.1\r\nHost: trow\r\n\r\n")
+    [event] = access_events(events)
+    assert '"GET /v2/{client}/{0}" 200 1000' in (logs.text_line(event) or "")
+    assert json.loads(logs.json_line(event))["message"] == '10.1.2.3 "GET /v2/{client}/{0}" 200 1000 0.000s'
+
+
 def test_request_cut_mid_answer_is_logged_once_as_not_completed(events: list[LogEvent]) -> None:
     """A client that leaves before the answer: one event, completed false, status 499 when
     nothing had been sent, and the request metrics say the same."""

@@ -771,7 +771,7 @@ def test_containerfile(with_cert_manager: list[Obj]) -> None:
     assert user == f"{pod['runAsUser']}:{pod['runAsGroup']}"
     [expose] = [rest for word, rest in steps if word == "EXPOSE"]
     ports = {p["containerPort"] for p in container_of(with_cert_manager)["ports"]}
-    assert {int(p) for p in expose.split()} == ports == {8000, 8443}
+    assert {int(p) for p in expose.split()} == ports == {8000, 8443, 9090}
     [entrypoint] = [rest for word, rest in steps if word == "ENTRYPOINT"]
     assert yaml.safe_load(entrypoint) == ["twistd", "-n", "--pidfile=", "trow"]
     envs = " ".join(rest for word, rest in steps if word == "ENV")

@@ -178,7 +178,7 @@ class Metrics:
             "trow_cache_size_bytes", "Bytes of proxied content held in the cache, as last measured.", registry=r
         )
         self._cache_evictions = Counter(
-            "trow_cache_evictions_total", "Proxied items evicted to stay under max_size.", registry=r
+            "trow_cache_evictions_total", "Proxied manifests and blobs evicted to stay under max_size.", registry=r
         )
         self._cache_evicted_bytes = Counter(
             "trow_cache_evicted_bytes_total", "Bytes of proxied content evicted.", registry=r

@@ -17,8 +17,8 @@ Covered: eviction while an uncached, and a cached, blob is streamed slowly (the 
 and right, the file stays while it is sent and goes afterwards); a pull while evicted files wait
 out C{settle} in quarantine (they are put back, not fetched again) and a kill -9 at that moment;
 pushed content never evicted (nor a cached blob a pushed image shares); the proxy's metrics over
-two skopeo pulls; no warning, error or traceback in any trow log. Two metric bugs are marked
-xfail (strict) at the end of the file.
+two skopeo pulls, and the eviction counters (bytes, and blobs cached by digest alone); no
+warning, error or traceback in any trow log.
 """
 
 from __future__ import annotations
@@ -614,11 +614,6 @@ def test_proxy_metrics_move_as_an_image_is_pulled_twice(
 # -- known bugs ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="trow_cache_evicted_bytes_total never moves: trow/app.py add_gc.observe calls "
-    "metrics.cache_evicted(len(result.evicted)) without nbytes, and PassResult carries no evicted byte count",
-)
 def test_evicted_bytes_are_counted(
     trow_factory: Callable[..., TrowProcess], tmp_path: Path, gc_upstream: GcUpstream
 ) -> None:
@@ -639,11 +634,6 @@ def test_evicted_bytes_are_counted(
         finish_cleanly(trow)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="trow_cache_evictions_total counts evicted manifests only: trow/app.py add_gc.observe passes "
-    "len(result.evicted), and gc_evict lists manifests there, never the blob-only units it evicts",
-)
 def test_evicted_blobs_pulled_by_digest_are_counted(
     trow_factory: Callable[..., TrowProcess], tmp_path: Path, gc_upstream: GcUpstream
 ) -> None:

@@ -127,6 +127,9 @@ class PassResult:
     evicted: tuple[tuple[str, str], ...] = ()
     # (repository, digest) blob links removed by the sweep.
     swept: tuple[tuple[str, str], ...] = ()
+    # Blobs that eviction took out of the cache (with or without a manifest), and their bytes.
+    evicted_blobs: int = 0
+    evicted_bytes: int = 0
     # Size of what only cache repositories hold, after the pass (None without max_size).
     proxied_bytes: int | None = None
     # Unreferenced blobs kept this time: being read, or younger than the grace period.
@@ -459,6 +462,8 @@ class _PassState:
             expired_uploads=tuple(self.uploads),
             evicted=tuple(self.evicted),
             swept=tuple(self.swept),
+            evicted_blobs=len(self.freed),
+            evicted_bytes=sum(self.freed.values()),
             proxied_bytes=self.proxied_bytes,
             in_use=self.in_use,
             young=self.young,

@@ -127,7 +127,7 @@ def add_gc(
             manifests=result.manifests,
             freed_bytes=result.bytes,
         )
-        metrics.cache_evicted(len(result.evicted))
+        metrics.cache_evicted(len(result.evicted) + result.evicted_blobs, result.evicted_bytes)
         if result.proxied_bytes is not None:  # measured only when max_size is set
             metrics.set_cache_size(result.proxied_bytes)
 
@@ -219,7 +219,8 @@ def build_service(settings: Any, reactor: Any) -> MultiService:
         clock=reactor.seconds,
     )
     authenticator.canonical = proxy.canonical_repository
-    resource = RegistryAPI(registry, proxy, AuthAPI(authenticator, settings.hostname)).resource()
+    auth = AuthAPI(authenticator, settings.hostname)
+    resource = RegistryAPI(registry, proxy, auth).resource()
     uploads = UploadSlots(limits.max_concurrent_uploads, metrics)
     # One site per listener, so that max_connections counts per listener; the upload slots are
     # shared, as the disk is.
@@ -232,6 +233,7 @@ def build_service(settings: Any, reactor: Any) -> MultiService:
             metrics=metrics,
             uploads=uploads,
             reactor=reactor,
+            body_guard=auth.refuse_body if auth.enabled else None,
         )
         strports.service(description, site, reactor=reactor).setServiceParent(root)
     if settings.webhook_listen:

@@ -68,6 +68,7 @@ DAVE_PW = _secret("dave-pw")
 ERIN_PW = _secret("erin-pw")
 FRANK_PW = _secret("frank-pw")
 GRACE_PW = _secret("grace-pw")
+HEIDI_PW = _secret("heidi-pw")
 WRONG_PW = _secret("wrong-pw")
 UMA_PW = _secret("üñí-çødé-pässwörd")
 LENA_PW = _secret("long-" + "x" * 90)
@@ -399,10 +400,15 @@ def proxy_rules_trow(
 ) -> Iterator[TrowProcess]:
     """A cache of the stand-in upstream (alias C{up}, plain HTTP) with rules: frank may pull
     everything and push under C{frank/}; grace may pull and push under C{team-b/} only (so
-    nothing under C{f/})."""
+    nothing under C{f/}); heidi may pull the stand-in's cache only, named by its host."""
     directory = tmp_path_factory.mktemp("auth-proxy-config")
     users = directory / "htpasswd"
-    users.write_text(htpasswd_line("frank", FRANK_PW) + "\n" + htpasswd_line("grace", GRACE_PW) + "\n")
+    users.write_text(
+        "\n".join(
+            [htpasswd_line("frank", FRANK_PW), htpasswd_line("grace", GRACE_PW), htpasswd_line("heidi", HEIDI_PW)]
+        )
+        + "\n"
+    )
     config = write_config(
         directory / "config.yml",
         {
@@ -415,6 +421,7 @@ def proxy_rules_trow(
                     {"users": ["frank"], "repositories": [""], "actions": ["pull"]},
                     {"users": ["frank"], "repositories": ["frank/"], "actions": ["push"]},
                     {"users": ["grace"], "repositories": ["team-b/"], "actions": ["pull", "push"]},
+                    {"users": ["heidi"], "repositories": [f"f/{upstream_stand_in.host}/"], "actions": ["pull"]},
                 ],
             },
         },
@@ -970,3 +977,25 @@ def test_no_secret_in_any_log(single_user_trow: TrowProcess) -> None:
             for prefix in ("$2b$", "$2y$", "$2a$"):
                 assert prefix not in text, f"{where} holds a bcrypt hash"
             assert "Traceback" not in text and "Unhandled" not in text, f"{where} shows an error:\n{text}"
+
+
+def test_a_rule_on_the_cache_host_covers_alias_and_ns(
+    proxy_rules_trow: TrowProcess, upstream_stand_in: CountingUpstream
+) -> None:
+    """heidi's only grant is pull on C{f/<host>/}: the rules judge the repository really read,
+    so she reaches the upstream through the host form, the alias form and C{?ns=} alike (an
+    upstream error here, never 403), while a local repository of the same name stays closed."""
+    trow = proxy_rules_trow
+    heidi = basic("heidi", HEIDI_PW)
+    host = upstream_stand_in.host
+    for path in [
+        f"/v2/f/{host}/lib/app/manifests/latest",
+        "/v2/f/up/lib/app/manifests/latest",
+        f"/v2/lib/app/manifests/latest?ns={host}",
+    ]:
+        response = trow.request("GET", path, headers=[heidi])
+        assert response.status in (502, 503, 404), (path, response.status, response.body[:300])
+    token = token_for(trow, ("heidi", HEIDI_PW), ["repository:f/up/lib/app:pull"])
+    assert claims_of(token)["access"] == [{"type": "repository", "name": "f/up/lib/app", "actions": ["pull"]}]
+    assert trow.request("GET", "/v2/f/up/lib/app/manifests/latest", headers=[bearer(token)]).status in (502, 503, 404)
+    assert_error(trow.request("GET", "/v2/lib/app/manifests/latest", headers=[heidi]), 403, "DENIED")

@@ -128,6 +128,17 @@ class AuthAPI:
         except AuthError as e:
             raise self.refusal(request, e) from None
 
+    def refuse_body(self, request: IRequest) -> RegistryError | None:
+        """Called when a large request body is about to be read (see L{trow.api.site}): the
+        refusal for a client that sent no credentials or an invalid token, None otherwise.
+        Such a body is then dropped as it arrives instead of being spooled to disk, and the
+        client gets its 401 once it has sent it."""
+        try:
+            self.authenticator.check_presented(_header(request, "Authorization"))
+        except AuthError as e:
+            return self.refusal(request, e)
+        return None
+
     async def require(
         self,
         request: IRequest,

@@ -162,13 +162,13 @@ class RegistryAPI:
                 if routed:
                     name = kwargs["name"]
                     actions = required_actions(request.method, routed)
-                    # The token's scope names the repository as the client wrote it; the rules
-                    # also apply to the cache repository it maps to (an alias, or ?ns=), so that
-                    # a rule on f/docker.io/ cannot be sidestepped with ?ns=docker.io.
-                    identity = await self.auth.require(request, name, actions)
+                    identity = await self.auth.identify(request)
                     kwargs["registry"], kwargs["name"] = self._route(request, name)
-                    if kwargs["name"] != name:
-                        self.auth.authorize(request, identity, name, actions, kwargs["name"])
+                    # The token's scope names the repository as the client wrote it; the rules
+                    # judge the repository really read (the cache repository of an alias or of
+                    # ?ns=), so a rule on f/docker.io/ holds whichever way it is addressed.
+                    cache = kwargs["name"] if kwargs["name"] != name else None
+                    self.auth.authorize(request, identity, name, actions, cache)
                     if kwargs["registry"] is self.proxy and (
                         request.method not in (b"GET", b"HEAD") or routed not in _CACHE_READS
                     ):

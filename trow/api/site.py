@@ -35,13 +35,14 @@ What plain twisted.web does not do for a registry:
 from __future__ import annotations
 
 import resource as rlimit
-from typing import Any, cast
+from typing import Any, Callable, cast
 
 from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
+from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from zope.interface import implementer
 
@@ -171,6 +172,14 @@ class TrowRequest(server.Request):
         self.method = getattr(self.channel, "_command", self.method)
         self.uri = getattr(self.channel, "_path", self.uri)
         site = self._trow_site
+        big = length is None or length >= SPOOL_THRESHOLD
+        if big and site is not None and site.body_guard is not None:
+            refusal = site.body_guard(self)
+            if refusal is not None:
+                # Nothing of this body reaches the disk: it is dropped as it arrives.
+                self._refused = refusal
+                self.content = _Discard()
+                return
         if length != 0 and site is not None and site.uploads is not None:
             if not site.uploads.acquire():
                 site.limit_hit("max_concurrent_uploads")
@@ -406,6 +415,7 @@ class TrowSite(server.Site):
         uploads: UploadSlots | None = None,
         name: str = "registry",
         record: bool = True,
+        body_guard: Callable[[IRequest], RegistryError | None] | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("timeout", limits.idle_timeout)
@@ -416,6 +426,8 @@ class TrowSite(server.Site):
         self.limits = limits
         self.metrics = metrics
         self.uploads = uploads
+        # Asked before a large body is read: an error to answer with instead of storing it.
+        self.body_guard = body_guard
         self.name = name
         self.record_requests = record
         self.open_connections = 0

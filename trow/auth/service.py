@@ -217,6 +217,26 @@ class Authenticator:
             raise Unauthorized("the token's user no longer exists", error="invalid_token")
         return Identity(claims.subject, "bearer", claims)
 
+    def check_presented(self, authorization: str | None) -> None:
+        """What can be judged at once, with no thread and no wait: raise L{Unauthorized} for no
+        credentials, malformed ones, or a token that is not valid. Basic credentials pass (bcrypt
+        cannot run here); L{identify} still checks everything before anything is done.
+
+        For request bodies: a client that could never be allowed to send one is refused before
+        its bytes are read to disk.
+        """
+        if not self.enabled:
+            return
+        presented = parse_authorization(authorization)
+        if presented is None:
+            raise Unauthorized("authentication required")
+        if isinstance(presented, Bearer):
+            assert self.tokens is not None
+            try:
+                self.tokens.verify(presented.token)
+            except InvalidToken as e:
+                raise Unauthorized(str(e), error="invalid_token") from None
+
     async def _check_password(self, credentials: Credentials) -> None:
         if self.users is None or not await self.users.check(credentials.user, credentials.password):
             _log.info("wrong password or unknown user {user!r}", user=credentials.user)

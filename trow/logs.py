@@ -3,8 +3,8 @@
 Access log
     L{access} emits one C{twisted.logger} event per request, in the namespace C{trow.access},
     with the fields C{client}, C{forwarded_for} (only when the request has X-Forwarded-For),
-    C{method}, C{path}, C{route}, C{status}, C{bytes}, C{duration}, C{user_agent} and
-    C{completed} (False when the connection was lost before the answer ended). The path's query
+    C{method}, C{path}, C{route}, C{status}, C{bytes}, C{duration}, C{user_agent}, C{user} (the
+    user the registry's auth identified, when there is one) and C{completed} (False when the connection was lost before the answer ended). The path's query
     parameters whose names look like secrets (password, token, secret, signature, ...) are
     redacted, and no request header but User-Agent and X-Forwarded-For is ever read.
 
@@ -158,8 +158,13 @@ def access(request: IRequest, status: int, sent: int, duration: float, route: st
     agent = _header(request, b"user-agent")
     if agent is not None:
         fields["user_agent"] = agent
+    # Who the registry's auth found the client to be (set by trow.api.auth; "-" if nobody).
+    user = getattr(request, "trow_user", None)
+    if user is not None:
+        fields["user"] = _escape(str(user))[:128]
+    who = f'{fields["client"]} {fields["user"]}' if "user" in fields else fields["client"]
     text = (
-        f'{fields["client"]} "{fields["method"]} {fields["path"]}" {status} {sent} {fields["duration"]:.3f}s'
+        f'{who} "{fields["method"]} {fields["path"]}" {status} {sent} {fields["duration"]:.3f}s'
         + ("" if completed else " (connection lost)")
     )
     # The line is built here and handed over as a format without fields (braces doubled):

@@ -367,6 +367,7 @@ def test_uploads_over_the_limit_get_429_with_retry_after(site: TrowSite, app: _A
     second = Conn(site, peer="10.0.0.8")
     second.send(b"PUT /up HTTP/1.1\r\nHost: trow\r\nContent-Length: 6\r\n\r\nsecret")
     assert second.statuses() == [429]
+    assert second.output().startswith(b"HTTP/1.1 429 Too Many Requests\r\n")
     head, _, body = second.output().partition(b"\r\n\r\n")
     assert b"Retry-After: 5" in head
     assert json.loads(body)["errors"][0]["code"] == "TOOMANYREQUESTS"

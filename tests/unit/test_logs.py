@@ -391,3 +391,24 @@ def test_json_time_is_the_events_own_in_utc() -> None:
     written = datetime.fromisoformat(record["time"].replace("Z", "+00:00"))
     assert written.utcoffset() == timedelta(0)
     assert abs(written.timestamp() - event["log_time"]) < 0.001
+
+
+def test_the_authenticated_user_is_logged(events: list[LogEvent]) -> None:
+    """When the registry's auth identified a user, the access event names them (never their
+    credentials); without one, the line is unchanged."""
+
+    class _Identified(Resource):
+        isLeaf = True
+
+        def render(self, request: Any) -> bytes:
+            request.trow_user = "alice"
+            return b"ok"
+
+    site = TrowSite(_Identified(), reactor=Clock())
+    channel, _ = connect(site)
+    channel.dataReceived(b"GET /v2/ HTTP/1.1\r\nHost: trow\r\nAuthorization: Basic YWxpY2U6c2VjcmV0\r\n\r\n")
+    [event] = access_events(events)
+    assert event["user"] == "alice"
+    line = logs.text_line(event) or ""
+    assert '10.1.2.3 alice "GET /v2/" 200' in line, line
+    assert "YWxpY2U6c2VjcmV0" not in logs.json_line(event) and "secret" not in logs.json_line(event)

@@ -124,9 +124,12 @@ class AuthAPI:
     async def identify(self, request: IRequest) -> Identity:
         """Who sent C{request}; L{RegistryError} 401 for wrong credentials or a bad token."""
         try:
-            return await self.authenticator.identify(_header(request, "Authorization"))
+            identity = await self.authenticator.identify(_header(request, "Authorization"))
         except AuthError as e:
             raise self.refusal(request, e) from None
+        if identity.user is not None:
+            request.trow_user = identity.user  # type: ignore[attr-defined]  # for the access log
+        return identity
 
     def refuse_body(self, request: IRequest) -> RegistryError | None:
         """Called when a large request body is about to be read (see L{trow.api.site}): the

@@ -19,6 +19,15 @@ _log = Logger()
 API_VERSION_HEADER = (b"Docker-Distribution-API-Version", b"registry/2.0")
 
 
+# Reason phrases twisted.web does not know (it would write "Unknown Status").
+_REASONS = {429: b"Too Many Requests", 431: b"Request Header Fields Too Large"}
+
+
+def set_status(request: IRequest, status: int) -> None:
+    """Set the response status, with a reason phrase even where twisted.web has none."""
+    request.setResponseCode(status, _REASONS.get(status))
+
+
 def set_headers(request: IRequest, headers: Mapping[str, str | int]) -> None:
     """Set several response headers at once."""
     for name, value in headers.items():
@@ -29,7 +38,7 @@ def send_bytes(
     request: IRequest, status: int, body: bytes, content_type: str, headers: Mapping[str, str | int] | None = None
 ) -> bytes:
     """Answer with a complete body, always with Content-Type and Content-Length."""
-    request.setResponseCode(status)
+    set_status(request, status)
     set_headers(request, {"Content-Type": content_type, "Content-Length": len(body), **(headers or {})})
     return b"" if request.method == b"HEAD" else body
 
@@ -41,7 +50,7 @@ def send_json(request: IRequest, status: int, document: Any, headers: Mapping[st
 
 def send_empty(request: IRequest, status: int, headers: Mapping[str, str | int] | None = None) -> bytes:
     """Answer with no body (202, 201, 204...)."""
-    request.setResponseCode(status)
+    set_status(request, status)
     # RFC 9110: a 204 carries no Content-Length at all.
     set_headers(request, {**({} if status == 204 else {"Content-Length": 0}), **(headers or {})})
     return b""

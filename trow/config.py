@@ -264,7 +264,7 @@ def _proxies(value: object, path: str) -> ProxyConfig:
     max_size = section.get("max_size")
     return ProxyConfig(
         registries=_list_of(section.get("registries"), f"{path}.registries", _upstream),
-        max_size=None if max_size is None else parse_size(max_size, f"{path}.max_size"),
+        max_size=None if max_size is None else _size_at_least(max_size, 2**20, "1MiB", f"{path}.max_size"),
         offline=_bool(section.get("offline", False), f"{path}.offline"),
         any_registry=_bool(section.get("any_registry", False), f"{path}.any_registry"),
         configured=True,
@@ -311,6 +311,22 @@ def _rule(value: object, path: str) -> AuthRule:
     )
 
 
+def _size_at_least(value: object, minimum: int, written: str, path: str) -> int:
+    """A size of at least C{minimum} bytes (a smaller one is a mistake, not a setting)."""
+    size = parse_size(value, path)
+    if size < minimum:
+        raise ConfigError(path, f"must be at least {written}")
+    return size
+
+
+def _duration_at_least(value: object, minimum: float, written: str, path: str) -> float:
+    """A duration of at least C{minimum} seconds."""
+    seconds = parse_duration(value, path)
+    if seconds < minimum:
+        raise ConfigError(path, f"must be at least {written}")
+    return seconds
+
+
 def _auth(value: object, path: str) -> AuthConfig:
     section = _mapping(value, path)
     _check_keys(section, path, ["htpasswd", "anonymous", "token_ttl", "rules", "token_key"])
@@ -321,7 +337,7 @@ def _auth(value: object, path: str) -> AuthConfig:
     return AuthConfig(
         htpasswd=_opt_str(section.get("htpasswd"), f"{path}.htpasswd"),
         anonymous=anonymous,
-        token_ttl=parse_duration(section.get("token_ttl", "1h"), f"{path}.token_ttl"),
+        token_ttl=_duration_at_least(section.get("token_ttl", "1h"), 60, "1m", f"{path}.token_ttl"),
         rules=None if rules is None else _list_of(rules, f"{path}.rules", _rule),
         token_key=_opt_str(section.get("token_key"), f"{path}.token_key"),
         configured=True,

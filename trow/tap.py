@@ -68,6 +68,18 @@ def _check_webhook_endpoint(description: str) -> None:
         _check_endpoint(description, "--webhook-listen")
 
 
+def _check_ca_files(config: Config) -> None:
+    """Each upstream's ca_file must hold certificates now, not fail the first pull as a 503."""
+    from trow.proxy.upstream import load_ca_file
+
+    for i, registry in enumerate(config.registry_proxies.registries):
+        if registry.ca_file:
+            try:
+                load_ca_file(registry.ca_file)
+            except ValueError as e:
+                fail(f"registry_proxies.registries[{i}].ca_file: {e}")
+
+
 def _check_webhook_rules(config: Config, hostname: str | None) -> None:
     """The image_validation and image_mutation sections must make sense before trow starts."""
     from trow.webhook.references import InvalidHostname
@@ -106,9 +118,12 @@ def _read_password(value: str) -> str:
     path = value[len("file://") :]
     try:
         with open(path, encoding="utf-8") as handle:
-            return handle.read().rstrip("\r\n")
+            password = handle.read().rstrip("\r\n")
     except OSError as e:
         fail(f"--password {value!r}: cannot read the file: {e.strerror}")
+    if not password:
+        fail(f"--password {value!r}: the file is empty")
+    return password
 
 
 class Options(usage.Options):
@@ -181,6 +196,7 @@ class Options(usage.Options):
         except LogFormatError as e:
             fail(str(e))
         _check_webhook_rules(config, self["hostname"])
+        _check_ca_files(config)
         password = _read_password(self["password"]) if self["password"] else None
         try:
             check_settings(user=self["user"], password=password, htpasswd=self["htpasswd"], config=config.auth)

@@ -447,3 +447,19 @@ def test_gc_settle_time() -> None:
     assert config_from_dict({"gc": {"settle": "2s"}}).gc.settle == 2.0
     with pytest.raises(ConfigError, match="gc.settle"):
         config_from_dict({"gc": {"settle": "soon"}})
+
+
+@pytest.mark.parametrize(
+    "document, path",
+    [
+        ({"registry_proxies": {"max_size": 0}}, "registry_proxies.max_size"),
+        ({"registry_proxies": {"max_size": "100KiB"}}, "registry_proxies.max_size"),
+        ({"auth": {"anonymous": "pull", "token_ttl": "5s"}}, "auth.token_ttl"),
+    ],
+)
+def test_settings_too_small_to_work_are_refused(document: dict[str, Any], path: str) -> None:
+    """A max_size under 1MiB (0 would evict every cached image at every pass) and tokens that
+    live under a minute are mistakes: refused, naming the key."""
+    with pytest.raises(ConfigError, match=path.replace(".", r"\.")) as raised:
+        config_from_dict(document)
+    assert "at least" in str(raised.value)

@@ -288,3 +288,27 @@ def test_bad_validation_prefix_names_its_key(capsys: pytest.CaptureFixture[str],
     """A validation rule that cannot match anything is refused with its config key."""
     path = write(tmp_path, "trow.yaml", "image_validation:\n  allow: [\"nginx:1.25\"]\n")
     assert_one_line_error(parse(capsys, "--data-dir", data_dir, "--config", path), "image_validation.allow[0]")
+
+
+@pytest.mark.parametrize("content", [None, "not a certificate\n", "-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n"])
+def test_unusable_ca_file_is_refused_at_start(
+    capsys: pytest.CaptureFixture[str], data_dir: str, tmp_path: Path, content: str | None
+) -> None:
+    """A ca_file that is missing, holds no certificate, or a broken one: one error line naming
+    the key, before any port is bound (not a 503 at the first pull)."""
+    ca = tmp_path / "ca.pem"
+    if content is not None:
+        ca.write_text(content)
+    path = write(
+        tmp_path,
+        "trow.yaml",
+        f"registry_proxies:\n  registries:\n    - host: corp.example:5000\n      ca_file: {ca}\n",
+    )
+    assert_one_line_error(parse(capsys, "--data-dir", data_dir, "--config", path), "registries[0].ca_file")
+
+
+def test_empty_password_file_is_refused(capsys: pytest.CaptureFixture[str], data_dir: str, tmp_path: Path) -> None:
+    """An empty password file says so (not "--user and --password go together")."""
+    empty = write(tmp_path, "pw", "\n")
+    outcome = parse(capsys, "--data-dir", data_dir, "--user", "admin", "--password", f"file://{empty}")
+    assert_one_line_error(outcome, "the file is empty")

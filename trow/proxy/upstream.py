@@ -125,18 +125,31 @@ def _is_ip(host: str) -> bool:
         return False
 
 
+def load_ca_file(path: str) -> list[Certificate]:
+    """The PEM certificates of a C{ca_file}; ValueError saying what is wrong with it."""
+    try:
+        with open(path, "rb") as handle:
+            pem = handle.read()
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        certificates = [
+            Certificate.loadPEM(b"-----BEGIN CERTIFICATE-----" + part)
+            for part in pem.split(b"-----BEGIN CERTIFICATE-----")[1:]
+        ]
+    except Exception as e:
+        raise ValueError(f"{path} holds a certificate that cannot be read: {e}") from None
+    if not certificates:
+        raise ValueError(f"{path} holds no PEM certificate")
+    return certificates
+
+
 @implementer(IPolicyForHTTPS)
 class _ExtraCAPolicy:
     """Verify an upstream against its configured CA file (a private registry's own CA)."""
 
     def __init__(self, ca_file: str) -> None:
-        with open(ca_file, "rb") as handle:
-            pem = handle.read()
-        certificates = [
-            Certificate.loadPEM(b"-----BEGIN CERTIFICATE-----" + part)
-            for part in pem.split(b"-----BEGIN CERTIFICATE-----")[1:]
-        ]
-        self._trust = trustRootFromCertificates(certificates)
+        self._trust = trustRootFromCertificates(load_ca_file(ca_file))
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
         return optionsForClientTLS(hostname.decode("ascii"), trustRoot=self._trust)

@@ -17,6 +17,9 @@ from trow import __main__ as entry
 from trow.gccli import main
 from trow.storage.lock import DataDirLocked, lock_data_dir
 
+# Above the smallest max_size trow accepts (1MiB), so that a config can ask for its eviction.
+CACHED_SIZE = 2 * 2**20
+
 
 def snapshot(root: Path) -> dict[str, str]:
     """Every file under C{root} (the lock file aside) with a hash of its bytes, and every row of
@@ -48,7 +51,7 @@ def data_dir(tmp_path: Path) -> Path:
     world.clock.advance(-2 * 24 * HOUR)  # content made "two days ago"
     world.push_image("team/app", "v1", [blob("kept")])
     world.push_blob("team/app", blob("orphan"))
-    world.cache_image(CACHE, "v1", [blob("cached", 5000)])
+    world.cache_image(CACHE, "v1", [blob("cached", CACHED_SIZE)])
     world.clock.advance(2 * 24 * HOUR)
     run(world.registry.start_upload("team/app", None, None))  # a fresh upload session
     for folder, _, files in os.walk(root / "blobs"):
@@ -87,12 +90,12 @@ def test_dry_run_lists_and_changes_nothing(data_dir: Path, capsys: pytest.Captur
     """--dry-run with a config that would evict the cache and expire uploads: everything is
     listed with "would remove", and no byte of the data dir changes."""
     config = tmp_path / "gc.yaml"
-    config.write_text("gc:\n  grace: 1h\n  upload_expiry: 0s\nregistry_proxies:\n  max_size: 1\n")
+    config.write_text("gc:\n  grace: 1h\n  upload_expiry: 0s\nregistry_proxies:\n  max_size: 1MiB\n")
     before = snapshot(data_dir)
     status, out, err = run_gc(capsys, "--data-dir", str(data_dir), "--dry-run", "--config", str(config))
     assert status == 0, err
     assert f"would remove blob {digest(blob('orphan'))} (1000 bytes)" in out
-    assert f"would remove blob {digest(blob('cached', 5000))} (5000 bytes)" in out
+    assert f"would remove blob {digest(blob('cached', CACHED_SIZE))} ({CACHED_SIZE} bytes)" in out
     assert "would remove cached manifest f/docker.io/library/nginx@sha256:" in out
     assert "would remove upload " in out
     assert out.splitlines()[-1].startswith("would remove 4 blobs")

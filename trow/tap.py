@@ -16,7 +16,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from trow.auth.service import check_settings
-from trow.auth.users import AuthSetupError
+from trow.auth.users import AuthSetupError, read_secret
 from trow.config import Config, ConfigError, config_summary, load_config
 from trow.storage.lock import DataDirLocked
 from trow.logs import LogFormatError, use_log_format
@@ -112,20 +112,6 @@ def _check_data_dir(path: str) -> None:
         fail(f"--data-dir {path!r} does not exist and cannot be created under {parent!r}")
 
 
-def _read_password(value: str) -> str:
-    if not value.startswith("file://"):
-        return value
-    path = value[len("file://") :]
-    try:
-        with open(path, encoding="utf-8") as handle:
-            password = handle.read().rstrip("\r\n")
-    except OSError as e:
-        fail(f"--password {value!r}: cannot read the file: {e.strerror}")
-    if not password:
-        fail(f"--password {value!r}: the file is empty")
-    return password
-
-
 class Options(usage.Options):
     """Options of the trow plugin (reference.md section 2)."""
 
@@ -197,8 +183,8 @@ class Options(usage.Options):
             fail(str(e))
         _check_webhook_rules(config, self["hostname"])
         _check_ca_files(config)
-        password = _read_password(self["password"]) if self["password"] else None
         try:
+            password = read_secret(self["password"], "--password") if self["password"] else None
             check_settings(user=self["user"], password=password, htpasswd=self["htpasswd"], config=config.auth)
         except AuthSetupError as e:
             fail(str(e))

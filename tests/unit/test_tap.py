@@ -311,4 +311,4 @@ def test_empty_password_file_is_refused(capsys: pytest.CaptureFixture[str], data
     """An empty password file says so (not "--user and --password go together")."""
     empty = write(tmp_path, "pw", "\n")
     outcome = parse(capsys, "--data-dir", data_dir, "--user", "admin", "--password", f"file://{empty}")
-    assert_one_line_error(outcome, "the file is empty")
+    assert_one_line_error(outcome, "--password", "is empty")

@@ -315,18 +315,38 @@ def stream(source: Any, offset: int = 0, length: int | None = None) -> bytes:
     return bytes(consumer.value())
 
 
-def test_blob_source_of_a_cached_blob_links_it_without_upstream(cache: Cache) -> None:
-    """A blob already in the store (from any repository) is served from it and linked into the
-    cache repository; the upstream is not asked."""
+def test_a_blob_stored_for_another_repository_costs_one_head(cache: Cache) -> None:
+    """A blob already in the store (from another repository) is served from it and linked into
+    the cache repository once the upstream confirms, with one HEAD, that this repository has it:
+    no download."""
     data = b"verified elsewhere"
     digest = Digest.of(data)
+    cache.fake.add_blob(data)
     result_of(cache.trow.stores.blobs.put_bytes(data, digest))
     assert not result_of(cache.trow.stores.metadata.blob_linked(NGINX, str(digest)))
     source = run(cache.proxy.blob_source(NGINX, str(digest)))
     assert source.size == len(data)
     assert stream(source) == data
     assert result_of(cache.trow.stores.metadata.blob_linked(NGINX, str(digest)))
-    assert cache.http.attempts == []
+    assert [s.method for s in cache.fake.seen if "/blobs/" in s.path] == ["HEAD"]
+    # Linked now: served with no upstream contact at all.
+    cache.fake.seen.clear()
+    assert stream(run(cache.proxy.blob_source(NGINX, str(digest)))) == data
+    assert [s for s in cache.fake.seen if "/blobs/" in s.path] == []
+
+
+def test_a_stored_blob_the_upstream_repository_lacks_is_not_served(cache: Cache) -> None:
+    """Bytes pushed to a private repository (or cached from another upstream) are not readable
+    through a cache repository whose upstream does not have them: BLOB_UNKNOWN, nothing linked.
+    Offline, such a blob cannot be confirmed either."""
+    data = b"someone's private layer"
+    digest = Digest.of(data)
+    result_of(cache.trow.stores.blobs.put_bytes(data, digest))
+    error = error_of(cache.proxy.blob_source(NGINX, str(digest)))
+    assert (error.code, error.status) == ("BLOB_UNKNOWN", 404)
+    assert not result_of(cache.trow.stores.metadata.blob_linked(NGINX, str(digest)))
+    cache.proxy.offline = True
+    assert error_of(cache.proxy.blob_source(NGINX, str(digest))).code == "BLOB_UNKNOWN"
 
 
 def test_blob_source_downloads_streams_caches_and_links(cache: Cache) -> None:

@@ -65,11 +65,6 @@ def _push_blob(api: Client, repo: str, data: bytes, headers: dict[str, str]) -> 
     return digest
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a pull right on any cache repository (f/...) reads any stored blob by digest: "
-    "ProxyRegistry.blob_source serves (and links) a local file found by digest alone",
-)
 def test_cache_repository_does_not_serve_a_private_blob(tmp_path: Path) -> None:
     """bob may pull f/... only; a blob alice pushed to secret/app must not reach him through
     f/docker.io/library/alpine/blobs/<digest> (the fake upstream does not have it)."""

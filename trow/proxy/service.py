@@ -188,8 +188,11 @@ class ProxyRegistry:
         digest = Digest.parse(reference)
         size = self.local.blobs.size(digest)
         if size is not None:
-            # Verified content is the same in every repository: a cache hit wherever it came from.
             if not await self.local.metadata.blob_linked(name, str(digest)):
+                # The bytes are here, but they may belong to a private repository (pushed, or
+                # cached from another upstream with credentials): only the upstream can say this
+                # repository has them. One HEAD instead of a download, when it does.
+                await self._confirm_upstream(proxied, name, digest)
                 await self.local.metadata.link_blob(name, str(digest))
             self._served(name, digest, "blob", True)
             return self.local.stored_source(digest, size)
@@ -205,6 +208,18 @@ class ProxyRegistry:
             raise upstream_error(UpstreamStatus(502, str(e)), "BLOB_UNKNOWN", f"blob {digest} of {proxied.repo}") from None
         final = self.local.blobs.path(digest)
         return BlobSource(digest, size, lambda offset, length: TeeReader(download, offset, length, final))
+
+    async def _confirm_upstream(self, proxied: ProxiedName, name: str, digest: Digest) -> None:
+        """Raise the client's error unless the upstream has C{digest} in this repository."""
+        unknown = RegistryError("BLOB_UNKNOWN", f"blob {digest} is not in repository {name}", {"digest": str(digest)})
+        if self.offline:
+            raise unknown
+        try:
+            found = await self.upstream.has_blob(proxied, str(digest))
+        except (UpstreamUnavailable, UpstreamStatus) as e:
+            raise upstream_error(e, "BLOB_UNKNOWN", f"blob {digest} of {proxied.repo}") from None
+        if not found:
+            raise unknown
 
     # -- discovery: what is cached ----------------------------------------------------------
 

@@ -465,6 +465,21 @@ class UpstreamClient:
             if timer.active():
                 timer.cancel()
 
+    async def has_blob(self, name: ProxiedName, digest: str) -> bool:
+        """Does the upstream serve this blob in this repository (one HEAD, no body)?
+
+        Raises L{UpstreamStatus} for an answer that is neither yes nor no, and
+        L{UpstreamUnavailable} when the upstream cannot be reached.
+        """
+        response = await self.request(name, "HEAD", f"blobs/{digest}")
+        _discard(response)
+        if response.code == 200:
+            return True
+        if response.code == 404:
+            return False
+        _raise_for_status(response, name, digest)
+        raise UpstreamStatus(502, f"upstream {name.upstream.host} answered HEAD of {digest} with {response.code}")
+
     async def get_blob(self, name: ProxiedName, digest: str, offset: int = 0) -> IResponse:
         """Start a blob download (from C{offset}, with C{Range}); the body is not read yet."""
         headers = {"Range": f"bytes={offset}-"} if offset else {}

@@ -163,6 +163,12 @@ class LimitsConfig:
     - ``header_timeout`` (30s): a request line and its headers must be complete this long after
       their first byte (a client sending one byte a minute is cut: 408).
     - ``max_connections`` (1024): open connections per listener; more are closed at once.
+    - ``max_connections_per_client`` (256): open connections per listener from one client
+      address, so that one client cannot hold them all. Behind an ingress or a proxy every
+      client has its address: raise it to ``max_connections`` there.
+
+    A connection also counts as idle while it sends less than 16KiB per ``idle_timeout``, so a
+    request body trickled a few bytes at a time is cut like a silent one.
     """
 
     max_manifest_size: int = 4 * 2**20
@@ -171,6 +177,7 @@ class LimitsConfig:
     idle_timeout: float = 60.0
     header_timeout: float = 30.0
     max_connections: int = 1024
+    max_connections_per_client: int = 256
 
 
 @attrs.frozen
@@ -393,6 +400,7 @@ def _limits(value: object, path: str) -> LimitsConfig:
         idle_timeout=seconds("idle_timeout"),
         header_timeout=seconds("header_timeout"),
         max_connections=count("max_connections", 1_000_000),
+        max_connections_per_client=count("max_connections_per_client", 1_000_000),
     )
 
 

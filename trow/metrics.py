@@ -81,7 +81,14 @@ DOWNLOAD_OUTCOMES = frozenset({"complete", "failed", "abandoned"})
 WEBHOOKS = frozenset({"validate", "mutate"})
 WEBHOOK_DECISIONS = frozenset({"allowed", "denied", "mutated", "invalid"})
 LIMITS = frozenset(
-    {"max_connections", "max_concurrent_uploads", "max_header_size", "header_timeout", "idle_timeout"}
+    {
+        "max_connections",
+        "max_connections_per_client",
+        "max_concurrent_uploads",
+        "max_header_size",
+        "header_timeout",
+        "idle_timeout",
+    }
 )
 SITES = frozenset({"registry", "webhook", "metrics"})
 

@@ -109,11 +109,37 @@ def test_bodies_with_a_valid_token_or_basic_credentials_are_spooled(tmp_path: Pa
     assert app.bodies == [len(BODY), len(BODY)]
 
 
-def test_small_bodies_are_left_to_the_handler(tmp_path: Path) -> None:
-    """Bodies kept in memory (manifests, the login form) are not judged early."""
+def test_small_bodies_are_judged_too_but_not_the_login_form(tmp_path: Path) -> None:
+    """A small body (a manifest) without credentials is refused the same way, before it takes an
+    upload slot; the login form, which is how a client gets credentials, is not."""
     app = _Recorder()
-    assert _upload(_site(tmp_path, _auth(tmp_path), app), body=b"{}") == [200, 0]
-    assert app.bodies == [2]
+    site = _site(tmp_path, _auth(tmp_path), app)
+    assert _upload(site, body=b"{}") == [401, 0]
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.9", 40000))
+    channel = site.buildProtocol(transport.getPeer())
+    channel.makeConnection(transport)
+    form = b"grant_type=password&username=admin&password=pw"
+    channel.dataReceived(
+        b"POST /login HTTP/1.1\r\nHost: trow\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+        + b"Content-Length: %d\r\n\r\n" % len(form)
+        + form
+    )
+    assert app.bodies == [len(form)]
+
+
+def test_tokens_that_push_nowhere_and_unknown_users_are_refused(tmp_path: Path) -> None:
+    """An anonymous token (free with anonymous: pull), a token that only pulls, and Basic
+    credentials of a user trow does not know: their bodies never reach the disk."""
+    app = _Recorder()
+    auth = _auth(tmp_path)
+    site = _site(tmp_path, auth, app)
+    anonymous = result_of(ensureDeferred(auth.authenticator.login(None, parse_scopes(["repository:team/app:pull"]))))
+    pulling = result_of(
+        ensureDeferred(auth.authenticator.login(Credentials("admin", "pw"), parse_scopes(["repository:team/app:pull"])))
+    )
+    for header in (f"Bearer {anonymous.token}", f"Bearer {pulling.token}", "Basic bm9ib2R5Ong="):
+        assert _upload(site, f"Authorization: {header}\r\n") == [401, 0], header
+    assert app.bodies == []
 
 
 def test_the_refusal_is_the_spec_error(tmp_path: Path) -> None:
@@ -126,6 +152,8 @@ def test_the_refusal_is_the_spec_error(tmp_path: Path) -> None:
 
 class _FakeRequest:
     """Just enough of a request for refuse_body: no Authorization header, a Host."""
+
+    uri = b"/v2/team/app/blobs/uploads/1"
 
     def __init__(self) -> None:
         self.requestHeaders = Headers({b"host": [b"trow.example"]})

@@ -53,7 +53,7 @@ def data_dir(tmp_path: Path) -> Path:
     world.push_blob("team/app", blob("orphan"))
     world.cache_image(CACHE, "v1", [blob("cached", CACHED_SIZE)])
     world.clock.advance(2 * 24 * HOUR)
-    run(world.registry.start_upload("team/app", None, None))  # a fresh upload session
+    run(world.registry.start_upload("team/other", None, None))  # a fresh upload session elsewhere
     for folder, _, files in os.walk(root / "blobs"):
         for name in files:
             old = time.time() - 2 * 24 * HOUR

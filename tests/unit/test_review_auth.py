@@ -1,4 +1,4 @@
-"""Review of issue 5 (auth): defects found by review, each shown by a strict xfail test."""
+"""Review of issue 5 (auth): private blobs stay private through the cache, and clients that could never push cannot spool bodies or hold upload slots."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ from typing import Any
 import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import ensureDeferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 
 from tests.unit.harness import Client, make_trow, result_of
@@ -124,11 +126,6 @@ def _spooled_while_sending(site: TrowSite, authorization: str, size: int = SPOOL
     return spooling, [int(c) for c in re.findall(rb"HTTP/1\.1 (\d{3}) ", transport.value())]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an anonymous token (free from GET /login with anonymous: pull) passes the body guard, "
-    "so anyone can stream unbounded bodies to the data dir's tmp/",
-)
 def test_an_anonymous_token_cannot_spool_a_body(tmp_path: Path) -> None:
     auth = _anonymous_pull_auth(tmp_path)
     token = result_of(ensureDeferred(auth.authenticator.login(None, [])))
@@ -138,11 +135,6 @@ def test_an_anonymous_token_cannot_spool_a_body(tmp_path: Path) -> None:
     assert statuses == [401]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Basic credentials naming a user that does not exist pass the body guard (a set lookup "
-    "would do), so any client spools unbounded bodies to tmp/ by sending 'Basic bm9ib2R5Og=='-like junk",
-)
 def test_basic_credentials_of_an_unknown_user_cannot_spool_a_body(tmp_path: Path) -> None:
     auth = _anonymous_pull_auth(tmp_path)
     junk = "Basic " + base64.b64encode(b"nobody:whatever").decode()
@@ -151,12 +143,9 @@ def test_basic_credentials_of_an_unknown_user_cannot_spool_a_body(tmp_path: Path
     assert statuses == [401]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bodies under SPOOL_THRESHOLD skip the body guard but still take an upload slot: clients "
-    "without credentials trickling small bodies lock every push out with 429",
-)
 def test_clients_without_credentials_cannot_take_every_upload_slot(tmp_path: Path) -> None:
+    """Bodies of clients without credentials never take an upload slot, and a body trickled a
+    byte at a time is cut like a silent connection (it sends far under 16KiB per idle_timeout)."""
     auth = _anonymous_pull_auth(tmp_path)
     clock = Clock()
     slots = UploadSlots(2)
@@ -171,10 +160,29 @@ def test_clients_without_credentials_cannot_take_every_upload_slot(tmp_path: Pat
             b"PATCH /v2/team/app/blobs/uploads/1 HTTP/1.1\r\nHost: trow\r\nContent-Length: 99000\r\n\r\n"
         )
         held.append((channel, transport))
-    for _ in range(36):  # half an hour, one byte every 50 s per connection
+    assert slots.active == 0
+    for _ in range(3):  # one byte every 50 s per connection
         for channel, transport in held:
             channel.dataReceived(b"x")
         clock.advance(50)
-    assert not any(t.disconnecting for _, t in held)
-    # The slots are still held by clients that could never be allowed to upload.
+    assert all(t.disconnecting for _, t in held)
+    assert slots.active == 0
+
+
+def test_a_trickled_body_gives_its_upload_slot_back(tmp_path: Path) -> None:
+    """With auth off (the default) a trickling client does take a slot, but only until the idle
+    timeout cuts it: the slot comes back."""
+    clock = Clock()
+    slots = UploadSlots(1)
+    site = TrowSite(_Ok(), uploads=slots, reactor=clock)
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "10.6.6.6", 40003))
+    channel = site.buildProtocol(transport.getPeer())
+    channel.makeConnection(transport)
+    channel.dataReceived(b"PATCH /v2/team/app/blobs/uploads/1 HTTP/1.1\r\nHost: trow\r\nContent-Length: 5000\r\n\r\n")
+    assert slots.active == 1
+    for _ in range(2):
+        channel.dataReceived(b"x")
+        clock.advance(50)
+    assert transport.disconnecting
+    channel.connectionLost(Failure(ConnectionDone()))
     assert slots.active == 0

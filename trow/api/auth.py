@@ -135,7 +135,10 @@ class AuthAPI:
         """Called when a large request body is about to be read (see L{trow.api.site}): the
         refusal for a client that sent no credentials or an invalid token, None otherwise.
         Such a body is then dropped as it arrives instead of being spooled to disk, and the
-        client gets its 401 once it has sent it."""
+        client gets its 401 once it has sent it. The login form is exempt: it is how a client
+        gets credentials."""
+        if request.uri.split(b"?", 1)[0] == LOGIN_PATH.encode():
+            return None
         try:
             self.authenticator.check_presented(_header(request, "Authorization"))
         except AuthError as e:

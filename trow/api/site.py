@@ -56,6 +56,10 @@ from trow.storage.blobs import BlobStore
 # Bodies under this many bytes (manifests, small chunks) stay in memory, like twisted.web does.
 SPOOL_THRESHOLD = 100_000
 
+# What a client must send per idle_timeout to count as active (16KiB a minute is ~270 bytes/s:
+# any real client, however slow its link, sends more).
+MIN_PROGRESS = 16 * 1024
+
 TLS_HANDSHAKE = 0x16
 
 # Seconds a client refused for max_concurrent_uploads is asked to wait: uploads in progress
@@ -127,7 +131,7 @@ class _ReadPauser:
 
     def resumeProducing(self) -> None:
         self._channel.reading_paused = False
-        self._channel.resetTimeout()
+        self._channel.count_as_active()
         self._transport.resumeProducing()
 
     def stopProducing(self) -> None:
@@ -172,8 +176,7 @@ class TrowRequest(server.Request):
         self.method = getattr(self.channel, "_command", self.method)
         self.uri = getattr(self.channel, "_path", self.uri)
         site = self._trow_site
-        big = length is None or length >= SPOOL_THRESHOLD
-        if big and site is not None and site.body_guard is not None:
+        if length != 0 and site is not None and site.body_guard is not None:
             refusal = site.body_guard(self)
             if refusal is not None:
                 # Nothing of this body reaches the disk: it is dropped as it arrives.
@@ -250,8 +253,26 @@ class TrowChannel(http.HTTPChannel):
     _abort_call: IDelayedCall | None = None
     _counted = False
     _refusing = False
+    # Bytes received since the idle timer was last restarted (see resetTimeout).
+    _progress = 0
+    _client: str | None = None
+
+    def count_as_active(self) -> None:
+        """Restart the idle timer whatever the client sent (trow itself held it back)."""
+        self._progress = MIN_PROGRESS
+        self.resetTimeout()
+
+    def resetTimeout(self) -> None:
+        # twisted.web restarts the idle timer on every byte, so a body trickled a byte a minute
+        # would hold its connection (and its upload slot) for ever. The timer restarts only once
+        # the client has sent MIN_PROGRESS bytes since the last restart.
+        if self._progress < MIN_PROGRESS:
+            return
+        self._progress = 0
+        super().resetTimeout()
 
     def dataReceived(self, data: bytes) -> None:
+        self._progress += len(data)
         if self._refusing:
             return
         if self._first and data:
@@ -264,6 +285,8 @@ class TrowChannel(http.HTTPChannel):
         # requests, which twisted.web tolerates, do not).
         if self.line_mode and self._header_call is None and self.header_timeout and data.strip(b"\r\n"):
             self._header_call = self.callLater(self.header_timeout, self._header_timed_out)
+            # A new request is activity, however short; its headers have header_timeout.
+            self._progress = MIN_PROGRESS
         super().dataReceived(data)
 
     def lineReceived(self, line: bytes) -> None:
@@ -370,7 +393,7 @@ class TrowChannel(http.HTTPChannel):
         self._abort_call = None
         if self._counted:
             self._counted = False
-            self.site.connection_closed()
+            self.site.connection_closed(self._client)
         super().connectionLost(reason)
 
 
@@ -431,9 +454,15 @@ class TrowSite(server.Site):
         self.name = name
         self.record_requests = record
         self.open_connections = 0
+        self._per_client: dict[str, int] = {}
         self._full = False
 
     def buildProtocol(self, addr: IAddress | None) -> Any:
+        client = getattr(addr, "host", None)
+        if client is not None and self._per_client.get(client, 0) >= self.limits.max_connections_per_client:
+            # One address must not hold every connection (behind an ingress, raise the limit).
+            self.limit_hit("max_connections_per_client")
+            return _Refused()
         if self.open_connections >= self.limits.max_connections:
             self.limit_hit("max_connections")
             if not self._full:
@@ -454,14 +483,23 @@ class TrowSite(server.Site):
             channel.totalHeadersSize = self.limits.max_header_size
             channel.MAX_LENGTH = self.limits.max_header_size
             channel._counted = True
+            channel._client = client
+            if client is not None:
+                self._per_client[client] = self._per_client.get(client, 0) + 1
             self.open_connections += 1
             if self.metrics is not None:
                 self.metrics.connection_opened(self.name)
         return channel
 
-    def connection_closed(self) -> None:
-        """A channel built by this site lost its connection."""
+    def connection_closed(self, client: str | None = None) -> None:
+        """A channel built by this site (for C{client}, its address) lost its connection."""
         self.open_connections -= 1
+        if client is not None:
+            left = self._per_client.get(client, 0) - 1
+            if left > 0:
+                self._per_client[client] = left
+            else:
+                self._per_client.pop(client, None)
         if self._full and self.open_connections < self.limits.max_connections:
             self._full = False
         if self.metrics is not None:

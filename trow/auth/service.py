@@ -23,7 +23,7 @@ import attrs
 from twisted.logger import Logger
 
 from trow.auth.policy import Policy
-from trow.auth.scopes import ALL, CATALOG, REGISTRY, REPOSITORY, Scope, sorted_actions
+from trow.auth.scopes import ALL, CATALOG, PUSH, REGISTRY, REPOSITORY, Scope, sorted_actions
 from trow.auth.tokens import InvalidToken, IssuedToken, TokenClaims, TokenIssuer, key_from_config, load_or_create_key
 from trow.auth.users import AuthSetupError, Clock, HtpasswdUsers, SingleUser, UserStore, Users, read_secret
 from trow.config import AuthConfig
@@ -230,12 +230,19 @@ class Authenticator:
         presented = parse_authorization(authorization)
         if presented is None:
             raise Unauthorized("authentication required")
-        if isinstance(presented, Bearer):
-            assert self.tokens is not None
-            try:
-                self.tokens.verify(presented.token)
-            except InvalidToken as e:
-                raise Unauthorized(str(e), error="invalid_token") from None
+        if isinstance(presented, Credentials):
+            if self.users is None or not self.users.may_match(presented.user, presented.password):
+                raise Unauthorized("wrong user name or password")
+            return
+        assert self.tokens is not None
+        try:
+            claims = self.tokens.verify(presented.token)
+        except InvalidToken as e:
+            raise Unauthorized(str(e), error="invalid_token") from None
+        # A body is always part of a push: a token that pushes nowhere (an anonymous one, say)
+        # cannot be the right one.
+        if claims.subject is None or not any(action == PUSH for _, _, action in claims.access):
+            raise Unauthorized("the token grants no push", error="insufficient_scope")
 
     async def _check_password(self, credentials: Credentials) -> None:
         if self.users is None or not await self.users.check(credentials.user, credentials.password):

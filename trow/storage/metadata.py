@@ -454,6 +454,10 @@ class Metadata:
         repositories, last read) before C{cutoff} that no manifest of their repository references
         (config, layer, child, subject). Returns what was removed and where to go on.
 
+        A repository with a push in progress (an upload session active, or a blob linked, since
+        C{cutoff}) keeps all its links: a slow push sends its manifest last, maybe hours after
+        its first layers.
+
         Each is remembered in C{gc_swept}, so that a manifest stored just after, by a push that
         saw the link, brings it back (trigger C{gc_swept_referenced}).
         """
@@ -466,9 +470,11 @@ class Metadata:
                 "AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child = p.digest AND +r.repo = p.repo) "
                 "AND NOT EXISTS (SELECT 1 FROM manifests m WHERE m.repo = p.repo AND m.digest = p.digest) "
                 "AND NOT EXISTS (SELECT 1 FROM manifests m WHERE m.repo = p.repo AND m.subject = p.digest) "
+                "AND NOT EXISTS (SELECT 1 FROM uploads u WHERE u.repo = p.repo AND u.updated >= ?) "
+                "AND NOT EXISTS (SELECT 1 FROM gc_links n WHERE n.repo = p.repo AND n.linked >= ?) "
                 "FROM page p LEFT JOIN gc_links l ON l.repo = p.repo AND l.digest = p.digest "
                 "LEFT JOIN gc_access a ON a.repo = p.repo AND a.digest = p.digest ORDER BY p.repo, p.digest",
-                (*after, scan, cutoff),
+                (*after, scan, cutoff, cutoff, cutoff),
             ).fetchall()
             swept = [(repo, digest) for repo, digest, dead in rows if dead]
             for repo, digest in swept:

@@ -363,3 +363,26 @@ def test_nothing_secret_is_logged(htpasswd: str, logs: LogCapture) -> None:
     clock.advance(2)
     check(store, "alice", ALICE_PW)
     logs.assert_absent(ALICE_PW, "wrong-guess-pw", "pasted-password-line", *hashes)
+
+
+def test_a_flood_of_wrong_passwords_does_not_queue_without_bound(htpasswd: str) -> None:
+    """Beyond max_pending bcrypt checks in flight, a new check fails at once instead of waiting
+    behind the flood; a user whose login succeeded lately is still let in from the cache, and
+    checks are taken again once the queue drains."""
+    worker = ManualWorker()
+    store = HtpasswdUsers.load(htpasswd, worker, fake_clock().seconds)
+    store.max_pending = 3
+    good = ensureDeferred(store.check("alice", ALICE_PW))
+    worker.run_all()
+    assert result_of(good) is True
+    flood = [ensureDeferred(store.check("alice", f"wrong-{i}")) for i in range(3)]
+    refused = ensureDeferred(store.check("alice", "wrong-extra"))
+    assert refused.called and result_of(refused) is False
+    cached = ensureDeferred(store.check("alice", ALICE_PW))
+    assert cached.called and result_of(cached) is True
+    assert worker.run_all() == 3
+    assert [result_of(d) for d in flood] == [False, False, False]
+    later = ensureDeferred(store.check("alice", "wrong-later"))
+    assert not later.called
+    worker.run_all()
+    assert result_of(later) is False

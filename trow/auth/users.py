@@ -217,6 +217,9 @@ class HtpasswdUsers:
     reload_interval = 1.0
     cache_ttl = 60.0
     max_cached = 10_000
+    # bcrypt checks waiting or running at once; beyond, a check fails at once rather than queue
+    # behind a flood of wrong passwords (users whose login succeeded lately are cached).
+    max_pending = 64
 
     def __init__(self, path: str, content: Htpasswd, signature: _Signature, worker: Worker, clock: Clock) -> None:
         self.path = path
@@ -277,6 +280,13 @@ class HtpasswdUsers:
             del self._cache[key]
         pending = self._pending.get(key)
         if pending is None:
+            if len(self._pending) >= self.max_pending:
+                _log.warn(
+                    "{count} password checks already waiting for bcrypt; refusing user {user!r} for now",
+                    count=len(self._pending),
+                    user=user,
+                )
+                return False
             pending = self._start_verify(key, user, password)
         return await _follow(pending)
 

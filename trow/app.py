@@ -102,20 +102,20 @@ def build_proxy(
 
 
 def add_gc(
-    root: MultiService, settings: Any, reactor: Any, stores: Stores, registry: Registry, metrics: Metrics
-) -> tuple[AccessTracker, "list[ProxyRegistry]"]:
-    """Read-time tracking and the garbage collector (the gc: section and max_size).
-
-    Returns the tracker, and a list the caller puts the proxy in once it exists (the collector
-    asks it which blobs are downloading).
-    """
-    tracker = AccessTracker(stores.metadata, reactor)
-    tracker.setServiceParent(root)
-    proxies: list[ProxyRegistry] = []
+    root: MultiService,
+    settings: Any,
+    reactor: Any,
+    stores: Stores,
+    registry: Registry,
+    fetcher: Fetcher,
+    tracker: AccessTracker,
+    metrics: Metrics,
+) -> None:
+    """The garbage collector (the gc: section and max_size), fed the read times of C{tracker}."""
 
     def in_use(digest: str) -> bool:
         # Streamed or looked up right now, or still downloading: never deleted under a client.
-        return registry.reading[digest] > 0 or any(digest in p.fetcher.downloads for p in proxies)
+        return registry.reading[digest] > 0 or digest in fetcher.downloads
 
     def observe(result: PassResult) -> None:
         for repo, digest in result.evicted:
@@ -142,7 +142,6 @@ def add_gc(
         on_pass=observe,
         on_failure=lambda seconds: metrics.gc_pass(duration=seconds, failed=True),
     ).setServiceParent(root)
-    return tracker, proxies
 
 
 class _UpstreamPool(Service):
@@ -199,10 +198,11 @@ def build_service(settings: Any, reactor: Any) -> MultiService:
         orphans=cleaned["orphan_uploads"],
     )
     registry = Registry(stores.blobs, stores.uploads, stores.metadata, settings.config.limits.max_manifest_size)
-    # Stopped after the listeners and downloads, before the workers it runs on.
-    tracker, proxies = add_gc(root, settings, reactor, stores, registry, metrics)
+    tracker = AccessTracker(stores.metadata, reactor)
     proxy = build_proxy(registry, settings.config.registry_proxies, reactor, settings.hostname, metrics, tracker)
-    proxies.append(proxy)
+    # Stopped after the listeners and downloads, before the workers they run on.
+    tracker.setServiceParent(root)
+    add_gc(root, settings, reactor, stores, registry, proxy.fetcher, tracker, metrics)
     _UpstreamPool(proxy).setServiceParent(root)
     limits = settings.config.limits
     # bcrypt on a pool of its own: a flood of logins must not queue ahead of fsyncs and hashing.

@@ -20,7 +20,6 @@ from twisted.web.iweb import IRequest
 
 from trow.api import health
 from trow.api.auth import AuthAPI, required_actions
-from trow.auth.service import Authenticator, Identity
 from trow.api.http import (
     API_VERSION_HEADER,
     header,
@@ -35,6 +34,7 @@ from trow.api.http import (
     set_headers,
     shielded,
 )
+from trow.auth.service import Authenticator, Identity
 from trow.registry.errors import RegistryError
 from trow.registry.service import CHUNK_MIN_LENGTH, BlobCreated, Page, Registry, UploadStarted
 from trow.storage.reader import FileRangeProducer

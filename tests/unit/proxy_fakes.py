@@ -266,6 +266,8 @@ class FakeRegistry:
         self.manifests: dict[str, tuple[bytes, str]] = {}
         self.tags: dict[tuple[str, str], str] = {}
         self.blobs: dict[str, bytes] = {}
+        # digest -> the only repositories that have it (a private blob); absent: every repository.
+        self.blob_repos: dict[str, set[str]] = {}
         self.seen: list[Seen] = []
         # Misbehaviour switches.
         self.status: int | None = None  # answer every /v2/ request with this status
@@ -409,8 +411,10 @@ class FakeRegistry:
                 return Deferred()
             return content
         if "/blobs/" in rest:
-            digest = rest.rsplit("/blobs/", 1)[1]
+            repo, digest = rest.rsplit("/blobs/", 1)
             data = self.blobs.get(digest)
+            if digest in self.blob_repos and repo not in self.blob_repos[digest]:
+                data = None
             if data is None:
                 request.setResponseCode(404)
                 return b'{"errors":[{"code":"BLOB_UNKNOWN"}]}'

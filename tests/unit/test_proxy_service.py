@@ -534,7 +534,8 @@ def test_api_concurrent_blob_gets_share_one_upstream_download(cache: Cache) -> N
         d.addBoth(lambda response, i=i: responses.__setitem__(i, response))
     stub.flush()
     assert responses == {}, "answered before the upstream sent anything"
-    assert len([s for s in cache.fake.seen if "/blobs/" in s.path]) == 1
+    # One GET; the second repository joined it after one HEAD confirmed the upstream has it there.
+    assert sorted(s.method for s in cache.fake.seen if "/blobs/" in s.path) == ["GET", "HEAD"]
     cache.fake.release_blobs()
     cache.http.flush()
     stub.flush()
@@ -545,7 +546,7 @@ def test_api_concurrent_blob_gets_share_one_upstream_download(cache: Cache) -> N
     stub.flush()
     assert [bodies.get(i) for i in range(3)] == [data, data, data[1000:2000]]
     assert [responses[i].code for i in range(3)] == [200, 200, 206]
-    assert len([s for s in cache.fake.seen if "/blobs/" in s.path]) == 1
+    assert len([s for s in cache.fake.seen if "/blobs/" in s.path and s.method == "GET"]) == 1
     for repo in (NGINX, "f/docker.io/library/alpine"):
         assert result_of(cache.trow.stores.metadata.blob_linked(repo, digest))
 
@@ -720,3 +721,35 @@ def test_reads_of_cached_content_refresh_its_recency(cache: Cache) -> None:
     assert cache.proxy.access.pending == 2
     result_of(cache.proxy.access.flush())
     assert cache.proxy.access.pending == 0
+
+
+def test_a_download_for_another_repository_is_joined_only_once_confirmed(cache: Cache) -> None:
+    """A blob downloading for one repository (a private one, fetched with its credentials) is
+    not streamed to a client of another cache repository unless that repository's upstream has
+    it too: one HEAD decides, and a repository that lacks it gets BLOB_UNKNOWN."""
+    data = b"private layer" * 100
+    digest = cache.fake.add_blob(data)
+    cache.fake.blob_repos[digest] = {"team/private"}
+    cache.fake.hold_blobs = True
+    private = "f/docker.io/team/private"
+
+    def lookup(name: str) -> "Any":
+        d = ensureDeferred(cache.proxy.blob_source(name, digest))
+        cache.http.flush()
+        return d
+
+    private_source = lookup(private)  # waits for the upstream's answer, held back
+    refused = lookup(NGINX)
+    assert refused.called, "a refusal must not wait for the other repository's download"
+    error = failure_of(refused).value
+    assert isinstance(error, RegistryError) and (error.code, error.status) == ("BLOB_UNKNOWN", 404)
+    # A repository that does have it joins the same download: no second GET.
+    cache.fake.blob_repos[digest].add("team/public")
+    public_source = lookup("f/docker.io/team/public")
+    cache.fake.release_blobs()
+    cache.http.flush()
+    assert stream(result_of(public_source)) == data
+    assert stream(result_of(private_source)) == data
+    gets = [s for s in cache.fake.seen if s.method == "GET" and "/blobs/" in s.path]
+    assert len(gets) == 1
+    assert not result_of(cache.trow.stores.metadata.blob_linked(NGINX, digest))

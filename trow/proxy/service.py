@@ -199,6 +199,11 @@ class ProxyRegistry:
         if self.offline:
             raise RegistryError("BLOB_UNKNOWN", f"blob {digest} is not cached and trow is offline", {"digest": str(digest)})
         self._served(name, digest, "blob", False)
+        running = self.fetcher.downloads.get(str(digest))
+        if running is not None and name not in running.repos:
+            # A download for another repository (perhaps private, fetched with its credentials):
+            # joined only once this repository's upstream confirms it has the blob too.
+            await self._confirm_upstream(proxied, name, digest)
         download = self.fetcher.get(proxied, digest)
         try:
             size = await download.wait_size()

@@ -753,3 +753,24 @@ def test_a_download_for_another_repository_is_joined_only_once_confirmed(cache: 
     gets = [s for s in cache.fake.seen if s.method == "GET" and "/blobs/" in s.path]
     assert len(gets) == 1
     assert not result_of(cache.trow.stores.metadata.blob_linked(NGINX, digest))
+
+
+def test_a_digest_stored_by_a_concurrent_pull_meanwhile_is_served(cache: Cache, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two clients pull one uncached digest at once: the second looked before the first stored
+    it and finds it stored when it checks again. It is served that manifest (not a 404), with no
+    upstream fetch of its own."""
+    content, digest = publish(cache)
+    get(cache, digest)  # the first pull has stored it
+    cache.fake.seen.clear()
+    real = cache.proxy.local.get_manifest
+    calls = []
+
+    async def looked_too_early(name: str, reference: str, accept: list[str]) -> Manifest:
+        calls.append(reference)
+        if len(calls) == 1:
+            raise RegistryError("MANIFEST_UNKNOWN", f"manifest {reference} is not in repository {name}")
+        return await real(name, reference, accept)
+
+    monkeypatch.setattr(cache.proxy.local, "get_manifest", looked_too_early)
+    assert get(cache, digest).content == content
+    assert methods(cache) == []

@@ -120,9 +120,15 @@ class ProxyRegistry:
                 self._served(name, digest, "manifest", True)
                 return manifest
             except RegistryError as e:
-                # Cached but not acceptable to this client: that answer stands.
-                if e.code != "MANIFEST_UNKNOWN" or await self.local.metadata.get_manifest(name, str(digest)):
+                if e.code != "MANIFEST_UNKNOWN":
                     raise
+                if await self.local.metadata.get_manifest(name, str(digest)):
+                    # Stored after all: by a concurrent pull of the same digest since we looked
+                    # (then this answers it), or cached but not acceptable to this client (then
+                    # that answer stands).
+                    manifest = await self.local.get_manifest(name, reference, accept)
+                    self._served(name, digest, "manifest", True)
+                    return manifest
             if self.offline:
                 raise RegistryError("MANIFEST_UNKNOWN", f"{reference} is not cached and trow is offline")
             self._served(name, digest, "manifest", False)

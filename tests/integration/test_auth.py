@@ -21,11 +21,9 @@ import io
 import json
 import os
 import secrets
-import socket
 import stat
 import subprocess
 import tarfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,13 +36,13 @@ import pytest
 
 from tests.images import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST, Layout
 from tests.integration.conftest import (
-    LOOPBACK,
     RawResponse,
     Skopeo,
     TrowProcess,
     assert_same_image,
     trow_command,
 )
+from tests.integration.upstream import ConnectionCounter
 
 # -- secrets ---------------------------------------------------------------------------------
 
@@ -350,44 +348,10 @@ def rules_trow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrowProcess
     yield from running_trow(tmp_path_factory, "auth-rules", ["--config", str(config)])
 
 
-class CountingUpstream:
-    """A TCP listener standing in for an upstream registry: it accepts, counts and hangs up, so
-    that trow's request fails fast (502/503) and the test can tell whether trow dialled it."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind((LOOPBACK, 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.1)
-        self.port = int(self.sock.getsockname()[1])
-        self.accepted = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    @property
-    def host(self) -> str:
-        return f"{LOOPBACK}:{self.port}"
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                connection, _ = self.sock.accept()
-            except OSError:
-                continue
-            self.accepted += 1
-            connection.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.sock.close()
-
-
 @pytest.fixture(scope="module")
-def upstream_stand_in() -> Iterator[CountingUpstream]:
+def upstream_stand_in() -> Iterator[ConnectionCounter]:
     """The stand-in upstream of L{proxy_rules_trow}."""
-    stand_in = CountingUpstream()
+    stand_in = ConnectionCounter()
     try:
         yield stand_in
     finally:
@@ -396,7 +360,7 @@ def upstream_stand_in() -> Iterator[CountingUpstream]:
 
 @pytest.fixture(scope="module")
 def proxy_rules_trow(
-    tmp_path_factory: pytest.TempPathFactory, upstream_stand_in: CountingUpstream
+    tmp_path_factory: pytest.TempPathFactory, upstream_stand_in: ConnectionCounter
 ) -> Iterator[TrowProcess]:
     """A cache of the stand-in upstream (alias C{up}, plain HTTP) with rules: frank may pull
     everything and push under C{frank/}; grace may pull and push under C{team-b/} only (so
@@ -837,7 +801,7 @@ def test_realm_uses_hostname(password_file_trow: TrowProcess) -> None:
 
 
 def test_proxied_repositories_follow_the_rules(
-    proxy_rules_trow: TrowProcess, upstream_stand_in: CountingUpstream
+    proxy_rules_trow: TrowProcess, upstream_stand_in: ConnectionCounter
 ) -> None:
     """C{f/...} repositories are judged like any other, before any upstream contact: grace (no
     grant under C{f/}) gets 403 C{DENIED} for manifests, blobs and tags of C{f/up/...}, also
@@ -879,7 +843,7 @@ def test_proxied_repositories_follow_the_rules(
     assert trow.request("GET", "/v2/team-b/app/manifests/v1", headers=[grace]).status == 200
 
 
-def test_proxied_ns_with_a_token(proxy_rules_trow: TrowProcess, upstream_stand_in: CountingUpstream) -> None:
+def test_proxied_ns_with_a_token(proxy_rules_trow: TrowProcess, upstream_stand_in: ConnectionCounter) -> None:
     """A token for C{team-b/app} (the name in the path) does not open C{team-b/app?ns=<host>}
     to grace: the cache repository it maps to is judged too (403). frank's token for the same
     name passes to the upstream (502/503/404)."""
@@ -980,7 +944,7 @@ def test_no_secret_in_any_log(single_user_trow: TrowProcess) -> None:
 
 
 def test_a_rule_on_the_cache_host_covers_alias_and_ns(
-    proxy_rules_trow: TrowProcess, upstream_stand_in: CountingUpstream
+    proxy_rules_trow: TrowProcess, upstream_stand_in: ConnectionCounter
 ) -> None:
     """heidi's only grant is pull on C{f/<host>/}: the rules judge the repository really read,
     so she reaches the upstream through the host form, the alias form and C{?ns=} alike (an

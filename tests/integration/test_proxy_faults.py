@@ -34,6 +34,7 @@ from tests.integration.upstream import (  # noqa: F401 - fixtures
     ALIAS,
     DEADLINE,
     BodyStream,
+    ConnectionCounter,
     StandIn,
     assert_clean_log,
     assert_json_error,
@@ -487,35 +488,6 @@ def test_upstream_wanting_credentials_trow_lacks_is_4xx_not_500(trow: TrowProces
 
 
 # -- any_registry never reaches private addresses ------------------------------------------------
-
-
-class ConnectionCounter:
-    """A listener on 127.0.0.1 that accepts and counts connections, and answers nothing."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
-        self.port = int(self.sock.getsockname()[1])
-        self.accepted = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                connection, _ = self.sock.accept()
-            except (socket.timeout, OSError):
-                continue
-            self.accepted += 1
-            connection.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.sock.close()
 
 
 @pytest.mark.parametrize("form", ["127.0.0.1:{port}", "127.1:{port}", "2130706433:{port}", "ns"])

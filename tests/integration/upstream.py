@@ -876,3 +876,37 @@ def stand_in() -> Iterator[StandIn]:
         yield server
     finally:
         server.close()
+
+
+class ConnectionCounter:
+    """A listener on 127.0.0.1 that accepts and counts connections, and answers nothing."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.port = int(self.sock.getsockname()[1])
+        self.accepted = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    @property
+    def host(self) -> str:
+        """C{127.0.0.1:<port>}, as an upstream host in trow's config."""
+        return f"127.0.0.1:{self.port}"
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                connection, _ = self.sock.accept()
+            except (socket.timeout, OSError):
+                continue
+            self.accepted += 1
+            connection.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()

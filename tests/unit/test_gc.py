@@ -193,7 +193,12 @@ class World:
 @pytest.fixture(params=[1000, 2], ids=["scan1000", "scan2"])
 def world(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[World]:
     """A world; every test runs twice, once with scans of 2 rows per db call (paging)."""
-    instance = World(str(tmp_path / "data"), scan=request.param)
+    yield from open_world(tmp_path, scan=request.param)
+
+
+def open_world(tmp_path: Path, **kwargs: Any) -> Iterator[World]:
+    """A world in C{tmp_path}, its database closed afterwards (if the test has not)."""
+    instance = World(str(tmp_path / "data"), **kwargs)
     yield instance
     try:
         instance.metadata.close()

@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from tests.unit.harness import result_of
-from tests.unit.test_gc import CACHE, HOUR, World, blob, digest, image_manifest, run
+from tests.unit.test_gc import CACHE, HOUR, World, open_world, blob, digest, image_manifest, run
 from trow.registry.gc import Collector, PassResult
 from trow.registry.manifests import parse_manifest
 from trow.registry.names import Digest
@@ -29,12 +29,7 @@ SETTLE = 30.0
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
-    instance = World(str(tmp_path / "data"))
-    yield instance
-    try:
-        instance.metadata.close()
-    except sqlite3.ProgrammingError:
-        pass
+    yield from open_world(tmp_path)
 
 
 def orphan(world: World, repo: str = "team/a", name: str = "orphan") -> tuple[str, bytes]:

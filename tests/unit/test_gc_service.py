@@ -13,7 +13,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 
 from tests.unit.harness import result_of
-from tests.unit.test_gc import CACHE, HOUR, World, blob
+from tests.unit.test_gc import CACHE, HOUR, World, open_world, blob
 from tests.unit.test_gc_races import StepWorker
 from trow.config import Config, GCConfig, ProxyConfig
 from trow.registry.access import AccessTracker
@@ -24,12 +24,7 @@ INTERVAL = 600.0
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
-    instance = World(str(tmp_path / "data"))
-    yield instance
-    try:
-        instance.metadata.close()
-    except sqlite3.ProgrammingError:
-        pass
+    yield from open_world(tmp_path)
 
 
 @pytest.fixture

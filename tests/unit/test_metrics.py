@@ -16,6 +16,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from tests.unit.harness import make_trow, result_of
+from tests.unit.test_api_webhook import REVIEW
 from trow.api.metrics import MetricsResource, MetricsSite, metrics_site
 from trow.api.registry import RegistryAPI
 from trow.api.site import TrowSite
@@ -243,17 +244,6 @@ def test_site_without_record_counts_nothing() -> None:
 
 # -- the webhook ---------------------------------------------------------------------------------
 
-REVIEW = {
-    "apiVersion": "admission.k8s.io/v1",
-    "kind": "AdmissionReview",
-    "request": {
-        "uid": "u-1",
-        "kind": {"group": "", "version": "v1", "kind": "Pod"},
-        "resource": {"group": "", "version": "v1", "resource": "pods"},
-        "operation": "CREATE",
-        "object": {"apiVersion": "v1", "kind": "Pod", "spec": {"containers": [{"name": "a", "image": "nginx"}]}},
-    },
-}
 
 
 def test_webhook_decisions_are_counted() -> None:

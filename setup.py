@@ -29,6 +29,10 @@ setup(
         "bcrypt>=4.1",
         "pyjwt>=2.8",
         "prometheus-client>=0.20",
+        # --database: PostgreSQL for metadata and coordination of several replicas. The binary
+        # extra bundles libpq; the pool reconnects and bounds the wait for a connection.
+        "psycopg[binary]>=3.1",
+        "psycopg-pool>=3.2",
     ],
     extras_require={
         "test": [

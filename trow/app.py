@@ -31,6 +31,7 @@ from trow.registry.service import Registry
 from trow.storage.blobs import BlobStore
 from trow.storage.lock import lock_data_dir
 from trow.storage.metadata import Metadata
+from trow.storage.sqlite import SqliteMetadata
 from trow.storage.uploads import UploadFiles
 from trow.webhook.rules import Mutator, Validator
 from trow.webhook.tls import reloading_ssl_endpoint
@@ -55,13 +56,14 @@ def open_stores(data_dir: str, disk: Worker, db: Worker) -> Stores:
     return Stores(
         blobs=blobs,
         uploads=UploadFiles(data_dir, blobs, disk),
-        metadata=Metadata(os.path.join(data_dir, "trow.db"), db),
+        metadata=SqliteMetadata(os.path.join(data_dir, "trow.db"), db),
     )
 
 
 def recover(stores: Stores) -> dict[str, int]:
     """Clean what a crash left behind. Runs once at start-up, before any listener exists."""
     tmp = stores.blobs.clean_tmp()
+    assert isinstance(stores.metadata, SqliteMetadata)
     known = stores.metadata.upload_ids_sync()
     orphans = stores.uploads.remove_orphans(known)
     return {"tmp": tmp, "orphan_uploads": orphans}

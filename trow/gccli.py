@@ -28,7 +28,7 @@ from trow.config import Config, ConfigError, load_config
 from trow.registry.gc import Collector, PassResult
 from trow.storage.blobs import BlobStore
 from trow.storage.lock import DataDirLocked, lock_data_dir
-from trow.storage.metadata import Metadata
+from trow.storage.sqlite import SqliteMetadata
 from trow.storage.uploads import UploadFiles
 from trow.tap import fail
 from trow.workers import InlineWorker
@@ -104,7 +104,7 @@ def collect_once(data_dir: str, config: Config, dry_run: bool = False) -> PassRe
             copy = os.path.join(scratch, DB_NAME)
             _copy_database(db_path, copy)
             db_path = copy
-        metadata = Metadata(db_path, worker)
+        metadata = SqliteMetadata(db_path, worker)
         try:
             blobs = BlobStore(data_dir, worker)
             uploads = UploadFiles(data_dir, blobs, worker)

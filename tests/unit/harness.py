@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred
 from trow.api.registry import RegistryAPI
 from trow.app import Stores, open_stores
 from trow.registry.service import Registry
+from trow.storage.postgres import PostgresMetadata
 from trow.workers import InlineWorker
 
 
@@ -101,3 +102,13 @@ def make_trow(root: str, max_manifest_size: int = 4 * 2**20) -> Trow:
     stores = open_stores(root, worker, worker)
     registry = Registry(stores.blobs, stores.uploads, stores.metadata, max_manifest_size)
     return Trow(root, stores, registry, Client(RegistryAPI(registry).resource()))
+
+
+def open_postgres(url: str, worker: Any = None, clock: Any = None) -> PostgresMetadata:
+    """A PostgreSQL metadata store on C{url}, migrated and ready, for tests that run each
+    metadata scenario on both backends."""
+    kwargs = {} if clock is None else {"clock": clock}
+    metadata = PostgresMetadata(url, worker or InlineWorker(), **kwargs)
+    metadata.open()
+    metadata.migrate_sync()
+    return metadata

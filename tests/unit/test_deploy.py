@@ -1,8 +1,9 @@
 """deploy/: the kustomize manifests and the container image recipe.
 
-Two installations are rendered: deploy/ (certificates from cert-manager) and deploy/no-cert-manager
-(certificates from trow.certs). Rendering uses a small kustomize of this test's own, which knows
-exactly the features deploy/ uses, so the tests need no kubectl; where kubectl is installed, its
+Three installations are rendered: deploy/ (certificates from cert-manager), deploy/no-cert-manager
+(certificates from trow.certs), and deploy/ha (three replicas over deploy/no-cert-manager, sharing a
+PostgreSQL and a ReadWriteMany volume). Rendering uses a small kustomize of this test's own, which
+knows exactly the features deploy/ uses, so the tests need no kubectl; where kubectl is installed, its
 `kubectl kustomize` output must equal ours, which keeps the small one honest.
 
 Every Kubernetes object, as written and as rendered, is validated offline against the Kubernetes
@@ -86,9 +87,12 @@ KUSTOMIZATION_KEYS = {
 
 
 def _merge(target: Obj, patch: Obj) -> None:
-    """A strategic merge patch, for the maps deploy/ patches (no list merging needed)."""
+    """A strategic merge patch, for the maps deploy/ patches (no list merging needed); null
+    removes a field."""
     for name, value in patch.items():
-        if isinstance(value, dict) and isinstance(target.get(name), dict):
+        if value is None:
+            target.pop(name, None)
+        elif isinstance(value, dict) and isinstance(target.get(name), dict):
             _merge(target[name], value)
         else:
             target[name] = copy.deepcopy(value)
@@ -131,6 +135,34 @@ def _selects(obj: Obj, select: Obj) -> bool:
     )
 
 
+def _json_patch(target: Obj, operations: list[Obj]) -> None:
+    """A JSON patch (RFC 6902) of 'add' operations, the only ones deploy/ uses; '-' appends."""
+    for operation in operations:
+        assert operation["op"] == "add", f"this test's kustomize does not know op {operation['op']}"
+        *parents, last = [p.replace("~1", "/").replace("~0", "~") for p in operation["path"].split("/")[1:]]
+        parent: Any = target
+        for part in parents:
+            parent = parent[int(part)] if isinstance(parent, list) else parent[part]
+        value = copy.deepcopy(operation["value"])
+        if isinstance(parent, list):
+            parent.insert(len(parent) if last == "-" else int(last), value)
+        else:
+            parent[last] = value
+
+
+def _env_file(path: Path) -> dict[str, str]:
+    """kustomize's env file: KEY=value lines, the value taken as written; blank lines and
+    '#' comments skipped."""
+    pairs = {}
+    for line in path.read_text().splitlines():
+        line = line.lstrip()
+        if line and not line.startswith("#"):
+            name, equals, value = line.partition("=")
+            assert equals and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", name), f"{path}: bad line {line!r}"
+            pairs[name] = value
+    return pairs
+
+
 def _pod_spec(obj: Obj) -> Obj | None:
     group = obj["apiVersion"].rpartition("/")[0]
     where = POD_SPECS.get((group, obj["kind"]))
@@ -150,15 +182,23 @@ def render(directory: Path) -> list[Obj]:
     for generator in kustomization.get("secretGenerator", []):
         assert options.get("disableNameSuffixHash"), "this test's kustomize makes no name hashes"
         data = {}
-        for item in generator["files"]:
+        for item in generator.get("files", []):
             name, _, source = item.partition("=")
             data[name] = base64.b64encode((directory / source).read_bytes()).decode("ascii")
+        for source in generator.get("envs", []):
+            for name, value in _env_file(directory / source).items():
+                data[name] = base64.b64encode(value.encode("utf-8")).decode("ascii")
         metadata = {"name": generator["name"], "labels": dict(options.get("labels", {}))}
-        secret = {"apiVersion": "v1", "kind": "Secret", "metadata": metadata, "type": generator["type"], "data": data}
+        kind = generator.get("type", "Opaque")
+        secret = {"apiVersion": "v1", "kind": "Secret", "metadata": metadata, "type": kind, "data": data}
         objects.append(secret)
     for entry in kustomization.get("patches", []):
         patch = yaml.safe_load(entry["patch"])
-        assert isinstance(patch, dict) and "target" not in entry, "only strategic merge patches by name"
+        if "target" in entry:
+            assert isinstance(patch, list) and set(entry["target"]) == {"kind", "name"}, "JSON patches by name"
+            _json_patch(one(objects, entry["target"]["kind"], entry["target"]["name"]), patch)
+            continue
+        assert isinstance(patch, dict), "strategic merge patches name their target"
         target = one(objects, patch["kind"], patch["metadata"]["name"])
         _merge(target, patch)
     if "namespace" in kustomization:
@@ -197,15 +237,25 @@ def _normalise(obj: Obj) -> Obj:
     return obj
 
 
-# --- the two installations ---------------------------------------------------------------------
+# --- the three installations -------------------------------------------------------------------
+
+# What deploy/ha/database.env holds in the copy: a password with the characters an env file must
+# keep as written.
+DATABASE_ENV = {
+    "TROW_DATABASE_URL": "postgresql://trow@postgres.example:5432/trow?sslmode=require",
+    "PGPASSWORD": "s3=cr#t",
+}
 
 
 @pytest.fixture(scope="module")
 def copied_deploy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of deploy/ with certs/ made by trow.certs, as docs/webhook.md says to."""
+    """A copy of deploy/ with certs/ made by trow.certs, as docs/webhook.md says to, and
+    ha/database.env written as deploy/ha/kustomization.yaml says to; the real ones, if a checkout
+    has them, are never read."""
     target = tmp_path_factory.mktemp("deploy") / "deploy"
-    shutil.copytree(DEPLOY, target, ignore=shutil.ignore_patterns("certs"))
+    shutil.copytree(DEPLOY, target, ignore=shutil.ignore_patterns("certs", "database.env"))
     write_bundle(make_bundle("trow-webhook", NAMESPACE), str(target / "no-cert-manager" / "certs"))
+    (target / "ha" / "database.env").write_text("".join(f"{k}={v}\n" for k, v in DATABASE_ENV.items()))
     return target
 
 
@@ -219,11 +269,32 @@ def without_cert_manager(copied_deploy: Path) -> list[Obj]:
     return render(copied_deploy / "no-cert-manager")
 
 
-@pytest.fixture(scope="module", params=["cert-manager", "no-cert-manager"])
+@pytest.fixture(scope="module")
+def high_availability(copied_deploy: Path) -> list[Obj]:
+    return render(copied_deploy / "ha")
+
+
+@pytest.fixture(scope="module", params=["cert-manager", "no-cert-manager", "ha"])
 def installation(
+    request: pytest.FixtureRequest,
+    with_cert_manager: list[Obj],
+    without_cert_manager: list[Obj],
+    high_availability: list[Obj],
+) -> list[Obj]:
+    """Each installation, for what all must get right."""
+    installations = {
+        "cert-manager": with_cert_manager,
+        "no-cert-manager": without_cert_manager,
+        "ha": high_availability,
+    }
+    return installations[request.param]
+
+
+@pytest.fixture(scope="module", params=["cert-manager", "no-cert-manager"])
+def single_replica(
     request: pytest.FixtureRequest, with_cert_manager: list[Obj], without_cert_manager: list[Obj]
 ) -> list[Obj]:
-    """Each installation, for what both must get right."""
+    """Each single-replica installation."""
     return with_cert_manager if request.param == "cert-manager" else without_cert_manager
 
 
@@ -271,10 +342,19 @@ def test_certs_directory_is_ignored_by_git() -> None:
     assert "certs/" in (DEPLOY / "no-cert-manager" / ".gitignore").read_text().split()
 
 
+def test_database_env_is_ignored_by_git() -> None:
+    """deploy/ha/database.env, which holds the database password, is never committed, and it is
+    the file the Secret is generated from."""
+    assert "database.env" in (DEPLOY / "ha" / ".gitignore").read_text().split()
+    kustomization = documents(DEPLOY / "ha" / "kustomization.yaml")[0]
+    [generator] = [g for g in kustomization["secretGenerator"] if g["name"] == "trow-database"]
+    assert generator["envs"] == ["database.env"] and "files" not in generator
+
+
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
-@pytest.mark.parametrize("variant", [".", "no-cert-manager"])
+@pytest.mark.parametrize("variant", [".", "no-cert-manager", "ha"])
 def test_kubectl_kustomize_agrees(copied_deploy: Path, variant: str) -> None:
-    """`kubectl kustomize` renders both installations, to the same objects as this test's kustomize."""
+    """`kubectl kustomize` renders each installation, to the same objects as this test's kustomize."""
     directory = copied_deploy / variant
     done = subprocess.run(["kubectl", "kustomize", str(directory)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -581,11 +661,19 @@ def container_of(objects: list[Obj]) -> Obj:
 
 
 def args_of(objects: list[Obj]) -> dict[str, str]:
-    args = container_of(objects)["args"]
-    assert len(args) % 2 == 0 and all(a.startswith("--") for a in args[::2]), args
-    pairs = dict(zip(args[::2], args[1::2]))
-    assert len(pairs) == len(args) // 2, "an option is given twice"
-    return pairs
+    """The container's options, written as '--name value' or '--name=value'."""
+    pairs = []
+    args = iter(container_of(objects)["args"])
+    for arg in args:
+        assert arg.startswith("--"), arg
+        name, equals, value = arg.partition("=")
+        if not equals:
+            value = next(args, None)
+            assert value is not None, f"{arg} has no value"
+        pairs.append((name, value))
+    options = dict(pairs)
+    assert len(options) == len(pairs), "an option is given twice"
+    return options
 
 
 def mounted_files(objects: list[Obj]) -> dict[str, tuple[str, str, str]]:
@@ -634,8 +722,8 @@ def test_container_args(installation: list[Obj]) -> None:
 
 
 def test_volumes(installation: list[Obj]) -> None:
-    """The certificate is mounted without subPath (so renewals reach the files), read-only; /data
-    is the PersistentVolumeClaim template; /tmp is a writable emptyDir."""
+    """The certificate is mounted without subPath (so renewals reach the files), read-only; /tmp
+    is a writable emptyDir."""
     statefulset = one(installation, "StatefulSet", "trow")
     volumes = {v["name"]: v for v in statefulset["spec"]["template"]["spec"]["volumes"]}
     mounts = {m["mountPath"]: m for m in container_of(installation)["volumeMounts"]}
@@ -643,9 +731,19 @@ def test_volumes(installation: list[Obj]) -> None:
         assert "subPath" not in mount and "subPathExpr" not in mount, mount
     [etc] = [m for m in mounts.values() if m["mountPath"] == "/etc/trow"]
     assert etc["readOnly"] is True
+    assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
+    assert "/data" in mounts and not mounts["/data"].get("readOnly", False)
+
+
+def test_single_replica_data_volume(single_replica: list[Obj]) -> None:
+    """A single replica keeps /data on the StatefulSet's ReadWriteOnce PersistentVolumeClaim
+    template."""
+    statefulset = one(single_replica, "StatefulSet", "trow")
+    assert statefulset["spec"]["replicas"] == 1
+    volumes = {v["name"]: v for v in statefulset["spec"]["template"]["spec"]["volumes"]}
+    mounts = {m["mountPath"]: m for m in container_of(single_replica)["volumeMounts"]}
     assert mounts["/data"]["name"] in [t["metadata"]["name"] for t in statefulset["spec"]["volumeClaimTemplates"]]
     assert mounts["/data"]["name"] not in volumes
-    assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
     [claim] = statefulset["spec"]["volumeClaimTemplates"]
     assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
     assert claim["spec"]["resources"]["requests"]["storage"]
@@ -696,10 +794,47 @@ def _uncomment(text: str, header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+# A pod IP, where the downward API would give one.
+POD_IP = "10.42.0.7"
+# The options that deploy/ha adds for trow's high availability, which tap.py may not know yet.
+HA_OPTIONS = {"--database", "--peer-url"}
+
+
+def container_env(objects: list[Obj]) -> dict[str, str]:
+    """The container's environment as the kubelet would set it: Secret keys from the rendered
+    Secrets, status.podIP as POD_IP; an optional key that is missing sets nothing."""
+    env = {}
+    for var in container_of(objects).get("env", []):
+        source = var.get("valueFrom", {})
+        if "value" in var:
+            env[var["name"]] = var["value"]
+        elif source.get("fieldRef", {}).get("fieldPath") == "status.podIP":
+            env[var["name"]] = POD_IP
+        elif "secretKeyRef" in source:
+            ref = source["secretKeyRef"]
+            data = one(objects, "Secret", ref["name"]).get("data", {})
+            assert ref["key"] in data or ref.get("optional") is True, f"Secret {ref['name']} has no {ref['key']}"
+            if ref["key"] in data:
+                env[var["name"]] = base64.b64decode(data[ref["key"]]).decode("utf-8")
+        else:
+            pytest.fail(f"no stand-in for env {var}")
+    return env
+
+
+def expand(arg: str, env: dict[str, str]) -> str:
+    """The kubelet's expansion of args: $(NAME) from env ($(UNKNOWN) stays as written), $$ is $."""
+    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m[1], m[0]) if m[1] else "$", arg)
+
+
 def test_trow_accepts_the_args_and_config(installation: list[Obj], tmp_path: Path) -> None:
     """trow's own option parsing (the checks it runs before binding a port) accepts the
     container's args, with the mounted files made real under a temporary directory: the ConfigMap's
-    config.yaml and a certificate from trow.certs."""
+    config.yaml and a certificate from trow.certs, and $(VAR) expanded as the kubelet would."""
+    known = {"--" + name.rstrip("=") for name in Options().longOpt}
+    unknown = set(args_of(installation)) - known
+    assert unknown <= HA_OPTIONS, f"trow has no option {sorted(unknown - HA_OPTIONS)}"
+    if unknown:
+        pytest.skip(f"trow's Options does not know {sorted(unknown)} yet")
     etc, data = tmp_path / "etc", tmp_path / "data"
     bundle = make_bundle("trow-webhook", NAMESPACE)
     secret = {"tls.crt": bundle.cert_pem, "tls.key": bundle.key_pem}
@@ -708,7 +843,9 @@ def test_trow_accepts_the_args_and_config(installation: list[Obj], tmp_path: Pat
         local = etc / Path(path).relative_to("/etc/trow")
         local.parent.mkdir(parents=True, exist_ok=True)
         local.write_bytes(secret[item] if kind == "Secret" else config[item].encode("utf-8"))
-    written = container_of(installation)["args"]
+    env = container_env(installation)
+    written = [expand(arg, env) for arg in container_of(installation)["args"]]
+    assert not [arg for arg in written if "$(" in arg], "an arg names a variable the container does not have"
     args = [str(data) if arg == "/data" else arg.replace("/etc/trow/", f"{etc}/") for arg in written]
     options = Options()
     options.parseOptions(args)
@@ -736,6 +873,127 @@ def test_config_examples_are_valid(tmp_path: Path) -> None:
     assert validator.check("nginx").allowed
     mutator = Mutator.from_config(config, hostname)
     assert mutator.rewrite("nginx:1.27") == f"{hostname}/f/docker.io/library/nginx:1.27"
+
+
+# --- high availability (deploy/ha) ---------------------------------------------------------------
+
+
+def pod_labels(objects: list[Obj]) -> dict[str, str]:
+    labels: dict[str, str] = one(objects, "StatefulSet", "trow")["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def selects(selector: Obj, labels: dict[str, str]) -> bool:
+    """Whether a label selector (matchLabels only, which is all deploy/ uses) selects these labels."""
+    assert set(selector) == {"matchLabels"} and selector["matchLabels"], selector
+    return bool(selector["matchLabels"].items() <= labels.items())
+
+
+def test_ha_replicas(high_availability: list[Obj]) -> None:
+    """Three replicas, started and stopped together, with no per-replica claim."""
+    spec = one(high_availability, "StatefulSet", "trow")["spec"]
+    assert spec["replicas"] == 3
+    assert spec["podManagementPolicy"] == "Parallel"
+    assert "volumeClaimTemplates" not in spec
+
+
+def test_ha_pod_is_the_single_replica_pod_plus_ha(
+    high_availability: list[Obj], without_cert_manager: list[Obj]
+) -> None:
+    """The overlay only adds to base's pod (anti-affinity, env, two args, the shared /data claim):
+    base's args, probes, mounts, ports and security settings are all still there, unchanged."""
+    ha = copy.deepcopy(one(high_availability, "StatefulSet", "trow")["spec"]["template"])
+    single = copy.deepcopy(one(without_cert_manager, "StatefulSet", "trow")["spec"]["template"])
+    del ha["spec"]["affinity"]
+    [container] = ha["spec"]["containers"]
+    del container["env"]
+    assert container["args"][-2:] == ["--database=$(TROW_DATABASE_URL)", "--peer-url=http://$(POD_IP):8000"]
+    del container["args"][-2:]
+    ha["spec"]["volumes"] = [v for v in ha["spec"]["volumes"] if v["name"] != "data"]
+    assert ha == single
+
+
+def test_ha_disruption_budget(high_availability: list[Obj]) -> None:
+    """A PodDisruptionBudget over trow's pods lets a drain take one of the three at a time."""
+    [budget] = [o for o in high_availability if o["kind"] == "PodDisruptionBudget"]
+    statefulset = one(high_availability, "StatefulSet", "trow")
+    assert budget["metadata"]["namespace"] == statefulset["metadata"]["namespace"]
+    assert selects(budget["spec"]["selector"], pod_labels(high_availability))
+    assert budget["spec"]["selector"] == statefulset["spec"]["selector"]
+    replicas = statefulset["spec"]["replicas"]
+    limits = {k: v for k, v in budget["spec"].items() if k in ("minAvailable", "maxUnavailable")}
+    assert limits in ({"maxUnavailable": 1}, {"minAvailable": replicas - 1})
+
+
+def test_ha_anti_affinity(high_availability: list[Obj]) -> None:
+    """The scheduler prefers to put trow's pods on different nodes; it is a preference, so that
+    small clusters still run all replicas."""
+    anti = one(high_availability, "StatefulSet", "trow")["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    assert "requiredDuringSchedulingIgnoredDuringExecution" not in anti
+    [preferred] = anti["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert preferred["weight"] == 100
+    term = preferred["podAffinityTerm"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert selects(term["labelSelector"], pod_labels(high_availability))
+
+
+def test_ha_shared_data_volume(high_availability: list[Obj]) -> None:
+    """/data in every replica is the one ReadWriteMany PersistentVolumeClaim."""
+    pod = one(high_availability, "StatefulSet", "trow")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m for m in container_of(high_availability)["volumeMounts"]}
+    assert args_of(high_availability)["--data-dir"] == "/data"
+    claim_name = volumes[mounts["/data"]["name"]]["persistentVolumeClaim"]["claimName"]
+    claim = one(high_availability, "PersistentVolumeClaim", claim_name)
+    assert claim["metadata"]["namespace"] == NAMESPACE
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert claim["spec"]["resources"]["requests"]["storage"]
+    assert [o for o in high_availability if o["kind"] == "PersistentVolumeClaim"] == [claim]
+
+
+def test_ha_database_url_from_secret(high_availability: list[Obj]) -> None:
+    """--database is $(TROW_DATABASE_URL), an env var from a key of the generated Secret (and the
+    password may come from the same Secret as PGPASSWORD); no URL is written in the manifests."""
+    assert args_of(high_availability)["--database"] == "$(TROW_DATABASE_URL)"
+    env = {var["name"]: var for var in container_of(high_availability)["env"]}
+    for name, optional in (("TROW_DATABASE_URL", False), ("PGPASSWORD", True)):
+        assert "value" not in env[name]
+        ref = env[name]["valueFrom"]["secretKeyRef"]
+        assert ref.get("optional", False) is optional
+        secret = one(high_availability, "Secret", ref["name"])
+        assert secret["metadata"]["namespace"] == NAMESPACE
+    resolved = container_env(high_availability)
+    assert expand(args_of(high_availability)["--database"], resolved) == DATABASE_ENV["TROW_DATABASE_URL"]
+    assert resolved["PGPASSWORD"] == DATABASE_ENV["PGPASSWORD"]
+    for path in (DEPLOY / "ha").glob("*.yaml"):
+        assert "postgresql://" not in yaml.safe_dump(documents(path)), f"{path} holds a database URL"
+
+
+def test_ha_peer_url_is_the_pod_ip(high_availability: list[Obj]) -> None:
+    """--peer-url is http://$(POD_IP):<the registry port>, with POD_IP from the downward API."""
+    args = args_of(high_availability)
+    assert args["--peer-url"] == "http://$(POD_IP):8000"
+    [pod_ip] = [var for var in container_of(high_availability)["env"] if var["name"] == "POD_IP"]
+    assert pod_ip["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    ports = {p["name"]: p["containerPort"] for p in container_of(high_availability)["ports"]}
+    assert expand(args["--peer-url"], container_env(high_availability)) == f"http://{POD_IP}:{ports['http']}"
+    assert args["--listen"] == f"tcp:{ports['http']}"
+
+
+def test_ha_services_and_webhooks(high_availability: list[Obj], without_cert_manager: list[Obj]) -> None:
+    """The registry Service spreads clients over all replicas (no ClientIP affinity); the webhook
+    Service selects every replica, each of which serves the webhook; the webhook configurations
+    are base's, failurePolicy and timeout included."""
+    registry = one(high_availability, "Service", "trow")["spec"]
+    assert registry.get("sessionAffinity", "None") == "None"
+    labels = pod_labels(high_availability)
+    webhook = one(high_availability, "Service", "trow-webhook")["spec"]
+    assert webhook["selector"].items() <= labels.items()
+    assert "statefulset.kubernetes.io/pod-name" not in webhook["selector"]
+    assert webhook["selector"] == registry["selector"]
+    assert args_of(high_availability)["--webhook-listen"].startswith("ssl:8443:")
+    for kind in WEBHOOK_KINDS:
+        assert one(high_availability, kind) == one(without_cert_manager, kind)
 
 
 # --- the image ---------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Coroutine, Iterator
 
+import psycopg_pool
 import pytest
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock
@@ -26,6 +27,8 @@ from trow.registry.names import Digest
 from trow.registry.service import Registry
 from trow.storage.blobs import BlobStore
 from trow.storage.metadata import Metadata
+from trow.storage.sqlite import SqliteMetadata
+from tests.unit.harness import open_postgres
 from trow.storage.uploads import UploadFiles
 from trow.workers import InlineWorker, Worker
 
@@ -78,8 +81,12 @@ def index_manifest(children: list[bytes]) -> bytes:
 class World:
     """A registry on a data dir, its stores, a clock, and a collector factory."""
 
-    def __init__(self, root: str, db: Worker | None = None, disk: Worker | None = None, scan: int = 1000) -> None:
+    def __init__(
+        self, root: str, db: Worker | None = None, disk: Worker | None = None, scan: int = 1000, database: str | None = None
+    ) -> None:
         self.root = root
+        # A PostgreSQL URL: the metadata there instead of in sqlite (the same scenarios, both backends).
+        self.database = database
         # Rows per db call in the collector's scans: tiny in some runs, so that paging is exercised.
         self.scan = scan
         self.clock = Clock()
@@ -89,17 +96,22 @@ class World:
         self.db = db or InlineWorker()
         self.blobs = BlobStore(root, self.disk)
         self.uploads = UploadFiles(root, self.blobs, self.disk)
-        self.metadata = Metadata(os.path.join(root, "trow.db"), self.db, clock=self.clock.seconds)
+        self.metadata = self._open_metadata(self.db)
         self.registry = Registry(self.blobs, self.uploads, self.metadata, 4 << 20)
         self.busy: set[str] = set()
+
+    def _open_metadata(self, worker: Worker) -> Metadata:
+        if self.database is not None:
+            return open_postgres(self.database, worker, self.clock.seconds)
+        return SqliteMetadata(os.path.join(self.root, "trow.db"), worker, clock=self.clock.seconds)
 
     def reopen(self) -> "World":
         """The same data dir opened again, as after a restart (the clock carries on)."""
         self.metadata.close()
-        again = World(self.root, scan=self.scan)
+        again = World(self.root, scan=self.scan, database=self.database)
         again.clock = self.clock
         again.metadata.close()
-        again.metadata = Metadata(os.path.join(self.root, "trow.db"), again.db, clock=self.clock.seconds)
+        again.metadata = again._open_metadata(again.db)
         again.registry = Registry(again.blobs, again.uploads, again.metadata, 4 << 20)
         return again
 
@@ -190,10 +202,13 @@ class World:
         return list(result_of(self.metadata._read(lambda c: c.execute(query, args).fetchall())))
 
 
-@pytest.fixture(params=[1000, 2], ids=["scan1000", "scan2"])
+@pytest.fixture(params=[("sqlite", 1000), ("sqlite", 2), ("postgres", 1000)], ids=["scan1000", "scan2", "postgres"])
 def world(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[World]:
-    """A world; every test runs twice, once with scans of 2 rows per db call (paging)."""
-    yield from open_world(tmp_path, scan=request.param)
+    """A world; every test runs three times: on sqlite, on sqlite with scans of 2 rows per db
+    call (paging), and on PostgreSQL."""
+    backend, scan = request.param
+    database = request.getfixturevalue("pg_schema_url") if backend == "postgres" else None
+    yield from open_world(tmp_path, scan=scan, database=database)
 
 
 def open_world(tmp_path: Path, **kwargs: Any) -> Iterator[World]:
@@ -202,7 +217,7 @@ def open_world(tmp_path: Path, **kwargs: Any) -> Iterator[World]:
     yield instance
     try:
         instance.metadata.close()
-    except sqlite3.ProgrammingError:
+    except (sqlite3.ProgrammingError, psycopg_pool.PoolClosed):
         pass
 
 

@@ -10,6 +10,7 @@ import sqlite3
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
+import psycopg
 import pytest
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -21,6 +22,8 @@ from tests.unit.harness import result_of
 from trow.registry.names import Digest
 from trow.storage.blobs import BlobStore, HashingWriter, SpooledBody, hash_file
 from trow.storage.metadata import ManifestRecord, Metadata, UploadRecord
+from trow.storage.sqlite import SchemaTooNew, SqliteMetadata
+from tests.unit.harness import open_postgres
 from trow.storage.reader import CHUNK_SIZE, FileRangeProducer
 from trow.storage.uploads import UploadFiles
 from trow.workers import InlineWorker
@@ -137,10 +140,15 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture
-def metadata(tmp_path: Path, clock: Clock) -> Iterator[Metadata]:
-    """A fresh sqlite metadata store on C{clock}, closed afterwards."""
-    db = Metadata(str(tmp_path / "trow.db"), InlineWorker(), clock=clock)
+@pytest.fixture(params=["sqlite", "postgres"])
+def metadata(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> Iterator[Metadata]:
+    """A fresh metadata store on C{clock}, closed afterwards: every test that uses it runs on
+    both backends, sqlite and PostgreSQL (a fresh schema on the test server)."""
+    db: Metadata
+    if request.param == "sqlite":
+        db = SqliteMetadata(str(tmp_path / "trow.db"), InlineWorker(), clock=clock)
+    else:
+        db = open_postgres(request.getfixturevalue("pg_schema_url"), InlineWorker(), clock)
     yield db
     db.close()
 
@@ -513,6 +521,11 @@ def test_spool_pauses_its_producer(store: BlobStore) -> None:
 # -- UploadFiles -------------------------------------------------------------------------------
 
 
+def append(uploads: UploadFiles, upload_id: str, body: SpooledBody | bytes) -> "Deferred[int]":
+    """Write C{body} where the session's file ends (the offset a single process would record)."""
+    return uploads.append(upload_id, body, uploads.size(upload_id) or 0)
+
+
 def test_create_makes_an_empty_session(uploads: UploadFiles) -> None:
     """A new session has an empty file: offset 0."""
     result_of(uploads.create("u1"))
@@ -528,82 +541,82 @@ def test_unknown_session_has_no_size(uploads: UploadFiles) -> None:
 def test_append_bytes_returns_new_offset(uploads: UploadFiles) -> None:
     """Appending returns the new offset, and the file holds the chunks in order."""
     result_of(uploads.create("u1"))
-    assert result_of(uploads.append("u1", b"abc")) == 3
-    assert result_of(uploads.append("u1", b"defg")) == 7
+    assert result_of(append(uploads, "u1", b"abc")) == 3
+    assert result_of(append(uploads, "u1", b"defg")) == 7
     assert Path(uploads.path("u1")).read_bytes() == b"abcdefg"
 
 
 def test_digest_from_memory(uploads: UploadFiles, store: BlobStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """The sha256 of a session comes from the running hasher, without reading the file again."""
     result_of(uploads.create("u1"))
-    result_of(uploads.append("u1", DATA[:5]))
-    result_of(uploads.append("u1", DATA[5:]))
+    result_of(append(uploads, "u1", DATA[:5]))
+    result_of(append(uploads, "u1", DATA[5:]))
     monkeypatch.setattr(store, "hash_file", lambda *a: pytest.fail("the file was hashed again"))
-    assert result_of(uploads.digest_hex("u1", "sha256")) == hashlib.sha256(DATA).hexdigest()
+    assert result_of(uploads.digest_hex("u1", "sha256", uploads.size("u1") or 0)) == hashlib.sha256(DATA).hexdigest()
 
 
 def test_digest_after_forgetting_the_hasher(uploads: UploadFiles, store: BlobStore) -> None:
     """Without the in-memory hasher (as after a restart) the file is hashed again, correctly."""
     result_of(uploads.create("u1"))
-    result_of(uploads.append("u1", DATA))
+    result_of(append(uploads, "u1", DATA))
     uploads.forget("u1")
     hashed: list[str] = []
     real = store.hash_file
 
-    def counting(path: str, algorithm: str) -> "Deferred[str]":
+    def counting(path: str, algorithm: str, limit: int | None = None) -> "Deferred[str]":
         hashed.append(path)
-        return real(path, algorithm)
+        return real(path, algorithm, limit)
 
     store.hash_file = counting  # type: ignore[method-assign]
-    assert result_of(uploads.digest_hex("u1", "sha256")) == hashlib.sha256(DATA).hexdigest()
+    assert result_of(uploads.digest_hex("u1", "sha256", uploads.size("u1") or 0)) == hashlib.sha256(DATA).hexdigest()
     assert hashed == [uploads.path("u1")]
 
 
 def test_append_after_forgetting_the_hasher(uploads: UploadFiles) -> None:
     """Appending to a session whose hasher was lost still ends with the right digest."""
     result_of(uploads.create("u1"))
-    result_of(uploads.append("u1", DATA[:7]))
+    result_of(append(uploads, "u1", DATA[:7]))
     uploads.forget("u1")
-    result_of(uploads.append("u1", DATA[7:]))
-    assert result_of(uploads.digest_hex("u1", "sha256")) == hashlib.sha256(DATA).hexdigest()
+    result_of(append(uploads, "u1", DATA[7:]))
+    assert result_of(uploads.digest_hex("u1", "sha256", uploads.size("u1") or 0)) == hashlib.sha256(DATA).hexdigest()
 
 
 def test_digest_after_restart(tmp_path: Path, uploads: UploadFiles, store: BlobStore) -> None:
     """A new UploadFiles over the same directory (a restarted process) resumes a session."""
     result_of(uploads.create("u1"))
-    result_of(uploads.append("u1", DATA[:7]))
+    result_of(append(uploads, "u1", DATA[:7]))
     again = UploadFiles(str(tmp_path / "data"), store, InlineWorker())
     assert again.size("u1") == 7
-    result_of(again.append("u1", DATA[7:]))
-    assert result_of(again.digest_hex("u1", "sha256")) == hashlib.sha256(DATA).hexdigest()
+    result_of(append(again, "u1", DATA[7:]))
+    assert result_of(again.digest_hex("u1", "sha256", again.size("u1") or 0)) == hashlib.sha256(DATA).hexdigest()
 
 
 def test_digest_sha512(uploads: UploadFiles) -> None:
     """A sha512 digest of a session is computed from its file."""
     result_of(uploads.create("u1"))
-    result_of(uploads.append("u1", DATA))
-    assert result_of(uploads.digest_hex("u1", "sha512")) == hashlib.sha512(DATA).hexdigest()
+    result_of(append(uploads, "u1", DATA))
+    assert result_of(uploads.digest_hex("u1", "sha512", uploads.size("u1") or 0)) == hashlib.sha512(DATA).hexdigest()
 
 
 def test_first_spooled_chunk_becomes_the_session_file(uploads: UploadFiles, store: BlobStore) -> None:
     """A spooled first chunk is moved, not copied, and its arrival hash is adopted."""
     result_of(uploads.create("u1"))
     body = spooled(store, DATA)
-    assert result_of(uploads.append("u1", body)) == len(DATA)
+    assert result_of(append(uploads, "u1", body)) == len(DATA)
     assert not os.path.exists(body.path)
     assert Path(uploads.path("u1")).read_bytes() == DATA
-    assert result_of(uploads.digest_hex("u1", "sha256")) == hashlib.sha256(DATA).hexdigest()
+    assert result_of(uploads.digest_hex("u1", "sha256", uploads.size("u1") or 0)) == hashlib.sha256(DATA).hexdigest()
 
 
 def test_later_spooled_chunk_is_appended(uploads: UploadFiles, store: BlobStore) -> None:
     """A spooled chunk after the first is appended and its spool file removed."""
     result_of(uploads.create("u1"))
-    result_of(uploads.append("u1", DATA[:4]))
+    result_of(append(uploads, "u1", DATA[:4]))
     body = spooled(store, DATA[4:])
-    assert result_of(uploads.append("u1", body)) == len(DATA)
+    assert result_of(append(uploads, "u1", body)) == len(DATA)
     assert not os.path.exists(body.path)
     assert Path(uploads.path("u1")).read_bytes() == DATA
-    assert result_of(uploads.digest_hex("u1", "sha256")) == hashlib.sha256(DATA).hexdigest()
+    assert result_of(uploads.digest_hex("u1", "sha256", uploads.size("u1") or 0)) == hashlib.sha256(DATA).hexdigest()
 
 
 class _FailingAppend:
@@ -621,6 +634,9 @@ class _FailingAppend:
 
     def tell(self) -> int:
         return self._real.tell()
+
+    def seek(self, offset: int) -> int:
+        return self._real.seek(offset)
 
     def truncate(self, size: int) -> int:
         return self._real.truncate(size)
@@ -643,7 +659,7 @@ def disk_full_once(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
 
     def fake_open(path: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
         handle = real_open(path, mode, *args, **kwargs)
-        if mode == "ab" and armed[0]:
+        if mode == "r+b" and armed[0]:
             armed[0] = False
             return _FailingAppend(handle)
         return handle
@@ -659,10 +675,10 @@ def disk_full_once(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
 def test_failed_append_keeps_the_offset(uploads: UploadFiles, store: BlobStore, disk_full_once: Callable[[], None]) -> None:
     """A chunk that fails half-way is cut back off: the offset stays where the client saw it."""
     result_of(uploads.create("u1"))
-    result_of(uploads.append("u1", DATA[:4]))
+    result_of(append(uploads, "u1", DATA[:4]))
     disk_full_once()
     with pytest.raises(OSError):
-        result_of(uploads.append("u1", spooled(store, DATA[4:])))
+        result_of(append(uploads, "u1", spooled(store, DATA[4:])))
     assert uploads.size("u1") == 4
     assert Path(uploads.path("u1")).read_bytes() == DATA[:4]
 
@@ -670,19 +686,54 @@ def test_failed_append_keeps_the_offset(uploads: UploadFiles, store: BlobStore, 
 def test_retry_after_failed_append_has_right_digest(uploads: UploadFiles, store: BlobStore, disk_full_once: Callable[[], None]) -> None:
     """After a failed chunk is retried, the session's digest is the digest of its file."""
     result_of(uploads.create("u1"))
-    result_of(uploads.append("u1", DATA[:4]))
+    result_of(append(uploads, "u1", DATA[:4]))
     disk_full_once()
     with pytest.raises(OSError):
-        result_of(uploads.append("u1", spooled(store, DATA[4:])))
-    result_of(uploads.append("u1", spooled(store, DATA[4:])))
+        result_of(append(uploads, "u1", spooled(store, DATA[4:])))
+    result_of(append(uploads, "u1", spooled(store, DATA[4:])))
     assert Path(uploads.path("u1")).read_bytes() == DATA
-    assert result_of(uploads.digest_hex("u1", "sha256")) == hashlib.sha256(DATA).hexdigest()
+    assert result_of(uploads.digest_hex("u1", "sha256", uploads.size("u1") or 0)) == hashlib.sha256(DATA).hexdigest()
+
+
+def test_a_chunk_is_written_at_the_offset_given(uploads: UploadFiles) -> None:
+    """A chunk goes where the metadata says the session ends, over whatever lies past it (a peer's
+    chunk that failed half-way), not after the end of the file."""
+    result_of(uploads.create("u1"))
+    result_of(uploads.append("u1", b"abc", 0))
+    with open(uploads.path("u1"), "ab") as handle:
+        handle.write(b"garbage")
+    assert result_of(uploads.append("u1", b"def", 3)) == 6
+    assert Path(uploads.path("u1")).read_bytes() == b"abcdef"
+    assert result_of(uploads.digest_hex("u1", "sha256", 6)) == hashlib.sha256(b"abcdef").hexdigest()
+
+
+def test_digest_covers_the_offset_only(uploads: UploadFiles) -> None:
+    """Without the running hasher (another replica wrote the chunks), the digest is of the first
+    C{offset} bytes, and truncate cuts the file there before it is committed."""
+    result_of(uploads.create("u1"))
+    result_of(uploads.append("u1", DATA, 0))
+    uploads.forget("u1")
+    assert result_of(uploads.digest_hex("u1", "sha256", 9)) == hashlib.sha256(DATA[:9]).hexdigest()
+    result_of(uploads.truncate("u1", 9))
+    assert Path(uploads.path("u1")).read_bytes() == DATA[:9]
+
+
+def test_remove_orphans_by_age_spares_young_files(uploads: UploadFiles) -> None:
+    """On a shared volume, cleaning removes unknown session files only once they are old: a peer
+    may have just created one."""
+    for upload_id in ("young", "old", "known"):
+        result_of(uploads.create(upload_id))
+    long_ago = os.stat(uploads.path("old")).st_mtime - 7200
+    for upload_id in ("old", "known"):
+        os.utime(uploads.path(upload_id), (long_ago, long_ago))
+    assert uploads.remove_orphans({"known"}, older_than=3600) == 1
+    assert sorted(uploads.existing_ids()) == ["known", "young"]
 
 
 def test_delete_session(uploads: UploadFiles) -> None:
     """delete removes the session's file; deleting again is harmless."""
     result_of(uploads.create("u1"))
-    result_of(uploads.append("u1", DATA))
+    result_of(append(uploads, "u1", DATA))
     result_of(uploads.delete("u1"))
     assert uploads.size("u1") is None
     result_of(uploads.delete("u1"))
@@ -822,10 +873,23 @@ def test_upload_sessions(metadata: Metadata, clock: Clock) -> None:
     assert result_of(metadata.get_upload("u1")) == UploadRecord("u1", "r", 1000.0)
     clock.now += 5
     result_of(metadata.touch_upload("u1"))
-    assert metadata.upload_ids_sync() == {"u1"}
+    assert result_of(metadata.upload_ids()) == {"u1"}
     assert result_of(metadata.delete_upload("u1")) is True
     assert result_of(metadata.delete_upload("u1")) is False
     assert result_of(metadata.get_upload("u1")) is None
+
+
+def test_advance_upload_is_a_compare_and_swap(metadata: Metadata, clock: Clock) -> None:
+    """The offset moves only from the value the writer saw: of two chunks written at one offset
+    (two replicas, say), one wins and the other is told; it counts as activity."""
+    result_of(metadata.create_upload("u1", "r"))
+    clock.now += 7
+    assert result_of(metadata.advance_upload("u1", 0, 10)) is True
+    assert result_of(metadata.advance_upload("u1", 0, 12)) is False
+    record = result_of(metadata.get_upload("u1"))
+    assert record is not None and record.size == 10
+    assert result_of(metadata.gc_stale_uploads(1000.0 + 5)) == []
+    assert result_of(metadata.advance_upload("nope", 0, 1)) is False
 
 
 def test_finish_upload_links_the_blob(metadata: Metadata) -> None:
@@ -839,21 +903,48 @@ def test_finish_upload_links_the_blob(metadata: Metadata) -> None:
 def test_failed_write_rolls_back(metadata: Metadata) -> None:
     """A write that fails changes nothing and leaves the connection usable."""
     result_of(metadata.create_upload("u1", "r"))
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises((sqlite3.IntegrityError, psycopg.IntegrityError)):
         result_of(metadata.create_upload("u1", "other"))
     assert result_of(metadata.get_upload("u1")).repo == "r"
     result_of(metadata.link_blob("r", M1))
     assert result_of(metadata.blob_linked("r", M1))
 
 
+def test_sqlite_data_dir_of_an_older_trow_is_migrated(tmp_path: Path) -> None:
+    """A trow.db from before schema versions gains the upload offset column; its sessions are
+    marked to take their offset from their file (-1), and nothing else changes."""
+    path = str(tmp_path / "trow.db")
+    old = sqlite3.connect(path)
+    old.execute("CREATE TABLE uploads (uuid TEXT PRIMARY KEY, repo TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL)")
+    old.execute("INSERT INTO uploads VALUES ('u1', 'r', 1.0, 2.0)")
+    old.commit()
+    old.close()
+    db = SqliteMetadata(path, InlineWorker())
+    try:
+        assert result_of(db.get_upload("u1")) == UploadRecord("u1", "r", 1.0, -1)
+        assert db._conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    finally:
+        db.close()
+
+
+def test_sqlite_schema_newer_than_the_code_is_refused(tmp_path: Path) -> None:
+    """A trow.db written by a newer trow is not touched: opening it says why."""
+    path = str(tmp_path / "trow.db")
+    newer = sqlite3.connect(path)
+    newer.execute("PRAGMA user_version = 99")
+    newer.close()
+    with pytest.raises(SchemaTooNew, match="version 99, newer than this trow's 1"):
+        SqliteMetadata(path, InlineWorker())
+
+
 def test_metadata_survives_reopen(tmp_path: Path) -> None:
     """Committed metadata is there after closing and reopening the database."""
     path = str(tmp_path / "trow.db")
-    db = Metadata(path, InlineWorker())
+    db = SqliteMetadata(path, InlineWorker())
     result_of(db.put_manifest(record("r", M1), [], ["v1"]))
     result_of(db.link_blob("r", M2))
     db.close()
-    again = Metadata(path, InlineWorker())
+    again = SqliteMetadata(path, InlineWorker())
     try:
         assert result_of(again.resolve_tag("r", "v1")) == record("r", M1)
         assert result_of(again.blob_linked("r", M2))

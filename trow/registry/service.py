@@ -280,8 +280,10 @@ class Registry:
                 await self.metadata.link_blob(repo, str(digest))
                 return BlobCreated(digest)
         upload_id = str(uuid.uuid4())
-        await self.uploads.create(upload_id)
+        # The row first: a crash in between leaves a session with no file, which answers
+        # BLOB_UPLOAD_UNKNOWN and expires, never a file that a peer's cleanup cannot place.
         await self.metadata.create_upload(upload_id, repo)
+        await self.uploads.create(upload_id)
         return UploadStarted(upload_id)
 
     async def _mountable(self, digest: Digest, source: str | None) -> bool:
@@ -305,14 +307,16 @@ class Registry:
             self._upload_locks.pop(upload_id, None)
 
     async def _session(self, repo: str, upload_id: str) -> int:
+        """The session's offset, from the metadata: the one view every replica shares."""
         check_name(repo)
         record = await self.metadata.get_upload(upload_id)
-        offset = self.uploads.size(upload_id)
-        if record is None or record.repo != repo or offset is None:
+        on_disk = self.uploads.size(upload_id)
+        if record is None or record.repo != repo or on_disk is None:
             raise RegistryError(
                 "BLOB_UPLOAD_UNKNOWN", f"upload {upload_id} is not in progress for repository {repo}", {"uuid": upload_id}
             )
-        return offset
+        # -1: a session an older trow started, whose offset was its file's size.
+        return on_disk if record.size < 0 else record.size
 
     async def upload_status(self, repo: str, upload_id: str) -> int:
         """How many bytes the session holds."""
@@ -327,8 +331,16 @@ class Registry:
         try:
             offset = await self._session(repo, upload_id)
             _check_chunk(content_range, offset, body)
-            new_offset = await self.uploads.append(upload_id, body)
-            await self.metadata.touch_upload(upload_id)
+            new_offset = await self.uploads.append(upload_id, body, offset)
+            if not await self.metadata.advance_upload(upload_id, offset, new_offset):
+                # Another request (on another replica) moved the session meanwhile.
+                self.uploads.forget(upload_id)
+                raise RegistryError(
+                    "BLOB_UPLOAD_INVALID",
+                    f"upload {upload_id} changed while this chunk was written: send chunks one at a time, in order",
+                    {"uuid": upload_id},
+                    status=416,
+                )
             return new_offset
         except BaseException:
             discard(body)
@@ -354,13 +366,15 @@ class Registry:
                 raise RegistryError("DIGEST_INVALID", "the digest query parameter is required to finish an upload")
             digest = Digest.parse(digest_param)
             if body is not None and body_size(body) > 0:
-                await self.uploads.append(upload_id, body)
+                offset = await self.uploads.append(upload_id, body, offset)
                 body = None
-            actual = await self.uploads.digest_hex(upload_id, digest.algorithm)
+            actual = await self.uploads.digest_hex(upload_id, digest.algorithm, offset)
             if actual != digest.hex:
                 # A failed upload is gone: the client must start again, and nothing wrong is kept.
                 await self._forget_upload(upload_id)
                 raise self._mismatch(digest, f"{digest.algorithm}:{actual}")
+            if self.uploads.size(upload_id) != offset:
+                await self.uploads.truncate(upload_id, offset)
             await self.blobs.commit(self.uploads.path(upload_id), digest)
             self.uploads.forget(upload_id)
             await self.metadata.finish_upload(upload_id, repo, str(digest))

@@ -459,9 +459,9 @@ class BlobStore:
         """Write, fsync and remove a probe file in C{tmp/}; fails with OSError if the disk refuses."""
         return self.worker.run(self._check_writable_sync)
 
-    def hash_file(self, path: str, algorithm: str) -> "Deferred[str]":
-        """Hash a whole file on the worker."""
-        return self.worker.run(hash_file, path, algorithm)
+    def hash_file(self, path: str, algorithm: str, limit: int | None = None) -> "Deferred[str]":
+        """Hash a whole file (or its first C{limit} bytes) on the worker."""
+        return self.worker.run(hash_file, path, algorithm, limit)
 
     def delete(self, digest: Digest) -> "Deferred[None]":
         """Remove a stored blob (garbage collection)."""

@@ -1,165 +1,129 @@
-"""Registry metadata in sqlite: repository links, manifests, tags, references and uploads.
+"""The metadata logic in SQL, shared by the sqlite and PostgreSQL backends.
 
-One connection, used only from a single-thread worker ("trow-db"), so that sqlite never runs on
-the reactor thread and writes are serialised. WAL with synchronous=FULL: a committed transaction
-survives a kill -9 or a power cut; an interrupted one is rolled back by sqlite on the next open.
+Every query is written once, with C{?} placeholders and a few dialect words (L{SqlMetadata.GREATEST},
+L{SqlMetadata.NO_INDEX}); a backend supplies the connection handling: where a call runs, what a
+transaction is, and how links are serialised against garbage collection (L{SqlMetadata._lock}).
+The tables, indexes and triggers are each backend's schema (the same tables in both).
+
+Cache repositories are the byte range [CACHE_LOW, CACHE_HIGH) of repository names (C{f/...}): a
+range an index answers, passed as parameters so that the prefix is written in one place.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence, TypeVar
 
-import attrs
 from twisted.internet.defer import Deferred
 
+from trow.storage.metadata import CACHE_HIGH, CACHE_LOW, CACHE_PREFIX, ManifestRecord, Scan, UploadRecord
 from trow.workers import Worker
 
 T = TypeVar("T")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS repo_blobs (
-    repo TEXT NOT NULL, digest TEXT NOT NULL, created REAL NOT NULL,
-    PRIMARY KEY (repo, digest)
-);
-CREATE INDEX IF NOT EXISTS repo_blobs_digest ON repo_blobs (digest);
-CREATE TABLE IF NOT EXISTS manifests (
-    repo TEXT NOT NULL, digest TEXT NOT NULL, media_type TEXT NOT NULL, size INTEGER NOT NULL,
-    subject TEXT, artifact_type TEXT, annotations TEXT, created REAL NOT NULL,
-    PRIMARY KEY (repo, digest)
-);
-CREATE INDEX IF NOT EXISTS manifests_subject ON manifests (repo, subject);
-CREATE INDEX IF NOT EXISTS manifests_digest ON manifests (digest);
-CREATE TABLE IF NOT EXISTS manifest_refs (
-    repo TEXT NOT NULL, digest TEXT NOT NULL, child TEXT NOT NULL,
-    PRIMARY KEY (repo, digest, child)
-);
-CREATE INDEX IF NOT EXISTS manifest_refs_child ON manifest_refs (child);
-CREATE TABLE IF NOT EXISTS tags (
-    repo TEXT NOT NULL, tag TEXT NOT NULL, digest TEXT NOT NULL, updated REAL NOT NULL,
-    PRIMARY KEY (repo, tag)
-);
-CREATE INDEX IF NOT EXISTS tags_digest ON tags (repo, digest);
-CREATE TABLE IF NOT EXISTS uploads (
-    uuid TEXT PRIMARY KEY, repo TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL
-);
--- Garbage collection (trow.registry.gc). All IF NOT EXISTS: older data dirs gain them on open.
--- gc_access: when proxied content was last read. gc_links: when each link was last made (an
--- INSERT OR IGNORE of an existing link leaves repo_blobs.created alone, so a re-push would not
--- count as fresh without it). gc_sizes: blob sizes (content-addressed, so never stale).
--- gc_candidates: digests that lost a row, to check without walking blobs/ (evicted: no grace
--- period for the file, which only guards pushes that have not linked it yet). gc_quarantine: blob
--- files moved aside, not yet deleted. gc_swept: links removed by the last sweep.
-CREATE TABLE IF NOT EXISTS gc_access (
-    repo TEXT NOT NULL, digest TEXT NOT NULL, atime REAL NOT NULL, PRIMARY KEY (repo, digest)
-);
-CREATE TABLE IF NOT EXISTS gc_links (
-    repo TEXT NOT NULL, digest TEXT NOT NULL, linked REAL NOT NULL, PRIMARY KEY (repo, digest)
-);
-CREATE TABLE IF NOT EXISTS gc_sizes (digest TEXT PRIMARY KEY, size INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS gc_candidates (digest TEXT PRIMARY KEY, evicted INTEGER NOT NULL DEFAULT 0);
-CREATE TABLE IF NOT EXISTS gc_quarantine (digest TEXT PRIMARY KEY, path TEXT NOT NULL, since REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS gc_swept (
-    repo TEXT NOT NULL, digest TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (repo, digest)
-);
--- BEFORE: it also fires for an INSERT OR IGNORE that finds the link already there. The outer
--- statement's OR clause overrides a trigger's own, hence UPDATE + guarded INSERT, not REPLACE.
-CREATE TRIGGER IF NOT EXISTS gc_link_made BEFORE INSERT ON repo_blobs BEGIN
-    UPDATE gc_links SET linked = NEW.created WHERE repo = NEW.repo AND digest = NEW.digest;
-    INSERT INTO gc_links (repo, digest, linked) SELECT NEW.repo, NEW.digest, NEW.created
-        WHERE NOT EXISTS (SELECT 1 FROM gc_links WHERE repo = NEW.repo AND digest = NEW.digest);
-END;
-CREATE TRIGGER IF NOT EXISTS gc_link_gone AFTER DELETE ON repo_blobs BEGIN
-    DELETE FROM gc_links WHERE repo = OLD.repo AND digest = OLD.digest;
-    INSERT INTO gc_candidates (digest) SELECT OLD.digest
-        WHERE NOT EXISTS (SELECT 1 FROM gc_candidates WHERE digest = OLD.digest);
-END;
-CREATE TRIGGER IF NOT EXISTS gc_manifest_gone AFTER DELETE ON manifests BEGIN
-    INSERT INTO gc_candidates (digest) SELECT OLD.digest
-        WHERE NOT EXISTS (SELECT 1 FROM gc_candidates WHERE digest = OLD.digest);
-END;
-CREATE TRIGGER IF NOT EXISTS gc_reference_gone AFTER DELETE ON manifest_refs BEGIN
-    INSERT INTO gc_candidates (digest) SELECT OLD.child
-        WHERE NOT EXISTS (SELECT 1 FROM gc_candidates WHERE digest = OLD.child);
-END;
--- A manifest stored right after the sweep removed the link its push had just checked: the
--- link comes back, so the sweep never leaves a manifest whose blob its repository cannot serve.
-CREATE TRIGGER IF NOT EXISTS gc_swept_referenced AFTER INSERT ON manifest_refs
-    WHEN EXISTS (SELECT 1 FROM gc_swept WHERE repo = NEW.repo AND digest = NEW.child) BEGIN
-    INSERT INTO repo_blobs (repo, digest, created)
-        SELECT NEW.repo, NEW.child, COALESCE(
-            (SELECT created FROM manifests WHERE repo = NEW.repo AND digest = NEW.digest),
-            (SELECT at FROM gc_swept WHERE repo = NEW.repo AND digest = NEW.child))
-        WHERE NOT EXISTS (SELECT 1 FROM repo_blobs WHERE repo = NEW.repo AND digest = NEW.child);
-    DELETE FROM gc_swept WHERE repo = NEW.repo AND digest = NEW.child;
-END;
-"""
+# "No limit" for LIMIT ?: sqlite refuses NULL there, PostgreSQL refuses -1.
+NO_LIMIT = 1 << 62
 
 
-@attrs.frozen
-class ManifestRecord:
-    """What the metadata knows about one manifest in one repository."""
+class Cursor(Protocol):
+    """What the shared code uses of a DB-API cursor."""
 
-    repo: str
-    digest: str
-    media_type: str
-    size: int
-    subject: str | None = None
-    artifact_type: str | None = None
-    annotations: dict[str, str] | None = None
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+    def __iter__(self) -> Iterator[Any]: ...
 
 
-@attrs.frozen
-class UploadRecord:
-    """An upload session: which repository it pushes to, and when it started."""
+class Connection(Protocol):
+    """A connection inside one transaction, with C{?} placeholders whatever the driver."""
 
-    uuid: str
-    repo: str
-    created: float
+    def execute(self, sql: str, params: Sequence[Any] = (), /) -> Cursor: ...
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]], /) -> Any: ...
 
 
-class Metadata:
-    """Async access to the sqlite metadata; every call runs on the db worker."""
+def _marks(count: int) -> str:
+    return ", ".join("?" * count)
 
-    def __init__(self, path: str, worker: Worker, clock: Callable[[], float] = time.time) -> None:
+
+class SqlMetadata:
+    """Tags, manifests, repository links, upload sessions and garbage collection bookkeeping.
+
+    Subclasses provide L{_read} and L{_write} (run a function with a L{Connection} on a worker;
+    C{_write} inside one transaction), L{_lock} and the dialect words below.
+    """
+
+    # Scalar maximum of two values.
+    GREATEST = "max"
+    # Prefix that keeps the planner off an index for one column ("+r.repo" in sqlite: left to
+    # itself, it looks manifest references up by repository, every reference of it, rather than
+    # by child, a handful of rows). PostgreSQL plans this right on its own.
+    NO_INDEX = "+"
+
+    def __init__(self, worker: Worker, clock: Callable[[], float] = time.time) -> None:
         self._worker = worker
         self._now = clock
-        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.execute("PRAGMA foreign_keys=ON")
-        self._conn.executescript(_SCHEMA)
+        # Puts a quarantined blob file back (garbage collection installs it): called inside every
+        # transaction that links a quarantined digest, before it commits.
+        self._restore: Callable[[str, str], None] | None = None
+
+    # -- what a backend provides -----------------------------------------------------------------
+
+    def _read(self, f: Callable[[Connection], T]) -> "Deferred[T]":
+        raise NotImplementedError
+
+    def _write(self, f: Callable[[Connection], T], undo: Callable[[], None] | None = None) -> "Deferred[T]":
+        """Run C{f} in one transaction; if it fails or the commit does, roll back and call C{undo}."""
+        raise NotImplementedError
+
+    def _lock(self, c: Connection, digests: Iterable[str]) -> None:
+        """Serialise, until the transaction ends, with every other transaction that links, dooms or
+        releases one of C{digests} (sqlite: nothing to do, one thread writes)."""
 
     def close(self) -> None:
-        """Close the connection (at service stop)."""
-        self._conn.close()
+        """Release the connections (at service stop)."""
 
-    def _read(self, f: Callable[[sqlite3.Connection], T]) -> "Deferred[T]":
-        return self._worker.run(f, self._conn)
+    def ping(self) -> "Deferred[None]":
+        """Fire once the store answers a query (readiness); fail with MetadataUnavailable if not."""
 
-    def _write(self, f: Callable[[sqlite3.Connection], T]) -> "Deferred[T]":
-        def transaction(conn: sqlite3.Connection) -> T:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = f(conn)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            return result
+        def query(c: Connection) -> None:
+            c.execute("SELECT 1").fetchone()
 
-        return self._worker.run(transaction, self._conn)
+        return self._read(query)
 
-    # Repositories and blob links.
+    # -- links to quarantined files ---------------------------------------------------------------
+
+    def _linking(self, c: Connection, digests: Iterable[str]) -> None:
+        """Called first in every transaction that adds a row naming C{digests}: a digest whose file
+        garbage collection moved aside gets it back before the row commits (see trow.registry.gc).
+        If that fails, so does the transaction: no committed row ever names a missing file."""
+        wanted = sorted(set(digests))
+        if not wanted:
+            return
+        self._lock(c, wanted)
+        if self._restore is None:
+            return
+        rows = c.execute(
+            f"SELECT digest, path FROM gc_quarantine WHERE digest IN ({_marks(len(wanted))})", wanted
+        ).fetchall()
+        for digest, path in rows:
+            self._restore(digest, path)
+            c.execute("DELETE FROM gc_quarantine WHERE digest = ?", (digest,))
+
+    # -- repositories and blob links --------------------------------------------------------------
 
     def link_blob(self, repo: str, digest: str) -> "Deferred[None]":
         """Make a verified blob visible in C{repo}."""
         now = self._now()
 
-        def link(c: sqlite3.Connection) -> None:
-            c.execute("INSERT OR IGNORE INTO repo_blobs (repo, digest, created) VALUES (?, ?, ?)", (repo, digest, now))
+        def link(c: Connection) -> None:
+            self._linking(c, [digest])
+            c.execute(
+                "INSERT INTO repo_blobs (repo, digest, created) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                (repo, digest, now),
+            )
 
         return self._write(link)
 
@@ -172,11 +136,27 @@ class Metadata:
     def blob_linked(self, repo: str, digest: str) -> "Deferred[bool]":
         """Is the blob visible in C{repo}?"""
         return self._read(
-            lambda c: c.execute(
-                "SELECT 1 FROM repo_blobs WHERE repo = ? AND digest = ?", (repo, digest)
-            ).fetchone()
+            lambda c: c.execute("SELECT 1 FROM repo_blobs WHERE repo = ? AND digest = ?", (repo, digest)).fetchone()
             is not None
         )
+
+    def blobs_linked(self, repo: str, digests: Iterable[str]) -> "Deferred[set[str]]":
+        """Which of C{digests} are blobs visible in C{repo}."""
+        return self._present("repo_blobs", repo, digests)
+
+    def _present(self, table: str, repo: str, digests: Iterable[str]) -> "Deferred[set[str]]":
+        """Which of C{digests} have a row of C{repo} in C{table}, in one query."""
+        wanted = sorted(set(digests))
+
+        def query(c: Connection) -> set[str]:
+            if not wanted:
+                return set()
+            rows = c.execute(
+                f"SELECT digest FROM {table} WHERE repo = ? AND digest IN ({_marks(len(wanted))})", (repo, *wanted)
+            )
+            return {r[0] for r in rows}
+
+        return self._read(query)
 
     def repo_exists(self, repo: str) -> "Deferred[bool]":
         """Does C{repo} hold any manifest or blob?"""
@@ -189,19 +169,19 @@ class Metadata:
         )
 
     def catalog(self, limit: int | None, last: str | None) -> "Deferred[list[str]]":
-        """Repository names in lexical order, after C{last}, at most C{limit}."""
+        """Repository names in lexical (byte) order, after C{last}, at most C{limit}."""
 
-        def query(c: sqlite3.Connection) -> list[str]:
+        def query(c: Connection) -> list[str]:
             rows = c.execute(
-                "SELECT repo FROM (SELECT repo FROM manifests UNION SELECT repo FROM repo_blobs) "
+                "SELECT repo FROM (SELECT repo FROM manifests UNION SELECT repo FROM repo_blobs) AS r "
                 "WHERE repo > ? ORDER BY repo LIMIT ?",
-                (last or "", -1 if limit is None else limit),
+                (last or "", NO_LIMIT if limit is None else limit),
             )
             return [r[0] for r in rows]
 
         return self._read(query)
 
-    # Manifests and tags.
+    # -- manifests and tags -----------------------------------------------------------------------
 
     def put_manifest(
         self, record: ManifestRecord, children: Iterable[str], tags: Iterable[str] = ()
@@ -211,11 +191,14 @@ class Metadata:
         now = self._now()
         children = list(children)
 
-        def put(c: sqlite3.Connection) -> None:
+        def put(c: Connection) -> None:
+            self._linking(c, [record.digest, *children])
             c.execute(
-                "INSERT OR REPLACE INTO manifests "
+                "INSERT INTO manifests "
                 "(repo, digest, media_type, size, subject, artifact_type, annotations, created) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (repo, digest) DO UPDATE SET "
+                "media_type = excluded.media_type, size = excluded.size, subject = excluded.subject, "
+                "artifact_type = excluded.artifact_type, annotations = excluded.annotations, created = excluded.created",
                 (
                     record.repo,
                     record.digest,
@@ -228,11 +211,12 @@ class Metadata:
                 ),
             )
             c.executemany(
-                "INSERT OR IGNORE INTO manifest_refs (repo, digest, child) VALUES (?, ?, ?)",
+                "INSERT INTO manifest_refs (repo, digest, child) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                 [(record.repo, record.digest, child) for child in children],
             )
             c.executemany(
-                "INSERT OR REPLACE INTO tags (repo, tag, digest, updated) VALUES (?, ?, ?, ?)",
+                "INSERT INTO tags (repo, tag, digest, updated) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (repo, tag) DO UPDATE SET digest = excluded.digest, updated = excluded.updated",
                 [(record.repo, tag, record.digest, now) for tag in tags],
             )
 
@@ -255,7 +239,7 @@ class Metadata:
     def get_manifest(self, repo: str, digest: str) -> "Deferred[ManifestRecord | None]":
         """The manifest C{digest} in C{repo}, or None."""
 
-        def get(c: sqlite3.Connection) -> ManifestRecord | None:
+        def get(c: Connection) -> ManifestRecord | None:
             row = c.execute(
                 f"SELECT {self._COLUMNS} FROM manifests WHERE repo = ? AND digest = ?", (repo, digest)
             ).fetchone()
@@ -266,7 +250,7 @@ class Metadata:
     def resolve_tag(self, repo: str, tag: str) -> "Deferred[ManifestRecord | None]":
         """The manifest that C{repo:tag} points at, or None."""
 
-        def get(c: sqlite3.Connection) -> ManifestRecord | None:
+        def get(c: Connection) -> ManifestRecord | None:
             row = c.execute(
                 f"SELECT {', '.join('m.' + col for col in self._COLUMNS.split(', '))} "
                 "FROM tags t JOIN manifests m ON m.repo = t.repo AND m.digest = t.digest "
@@ -279,34 +263,12 @@ class Metadata:
 
     def manifest_known(self, repo: str, digests: Iterable[str]) -> "Deferred[set[str]]":
         """Which of C{digests} are manifests stored in C{repo}."""
-        wanted = list(digests)
-
-        def query(c: sqlite3.Connection) -> set[str]:
-            found: set[str] = set()
-            for digest in wanted:
-                if c.execute("SELECT 1 FROM manifests WHERE repo = ? AND digest = ?", (repo, digest)).fetchone():
-                    found.add(digest)
-            return found
-
-        return self._read(query)
-
-    def blobs_linked(self, repo: str, digests: Iterable[str]) -> "Deferred[set[str]]":
-        """Which of C{digests} are blobs visible in C{repo}."""
-        wanted = list(digests)
-
-        def query(c: sqlite3.Connection) -> set[str]:
-            found: set[str] = set()
-            for digest in wanted:
-                if c.execute("SELECT 1 FROM repo_blobs WHERE repo = ? AND digest = ?", (repo, digest)).fetchone():
-                    found.add(digest)
-            return found
-
-        return self._read(query)
+        return self._present("manifests", repo, digests)
 
     def delete_manifest(self, repo: str, digest: str) -> "Deferred[bool]":
         """Delete a manifest and every tag pointing at it; False if it was not there."""
 
-        def delete(c: sqlite3.Connection) -> bool:
+        def delete(c: Connection) -> bool:
             gone = c.execute("DELETE FROM manifests WHERE repo = ? AND digest = ?", (repo, digest)).rowcount > 0
             c.execute("DELETE FROM tags WHERE repo = ? AND digest = ?", (repo, digest))
             c.execute("DELETE FROM manifest_refs WHERE repo = ? AND digest = ?", (repo, digest))
@@ -318,9 +280,11 @@ class Metadata:
         """Point C{repo:tag} at a stored manifest."""
         now = self._now()
 
-        def put(c: sqlite3.Connection) -> None:
+        def put(c: Connection) -> None:
             c.execute(
-                "INSERT OR REPLACE INTO tags (repo, tag, digest, updated) VALUES (?, ?, ?, ?)", (repo, tag, digest, now)
+                "INSERT INTO tags (repo, tag, digest, updated) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (repo, tag) DO UPDATE SET digest = excluded.digest, updated = excluded.updated",
+                (repo, tag, digest, now),
             )
 
         return self._write(put)
@@ -332,13 +296,13 @@ class Metadata:
         )
 
     def list_tags(self, repo: str, limit: int | None, last: str | None) -> "Deferred[list[str]]":
-        """Tags of C{repo} in lexical order, after C{last}, at most C{limit}."""
+        """Tags of C{repo} in lexical (byte) order, after C{last}, at most C{limit}."""
         return self._read(
             lambda c: [
                 r[0]
                 for r in c.execute(
                     "SELECT tag FROM tags WHERE repo = ? AND tag > ? ORDER BY tag LIMIT ?",
-                    (repo, last or "", -1 if limit is None else limit),
+                    (repo, last or "", NO_LIMIT if limit is None else limit),
                 )
             ]
         )
@@ -355,31 +319,46 @@ class Metadata:
             ]
         )
 
-    # Upload sessions.
+    # -- upload sessions --------------------------------------------------------------------------
 
     def create_upload(self, upload_id: str, repo: str) -> "Deferred[None]":
-        """Record a new upload session."""
+        """Record a new, empty upload session."""
         now = self._now()
 
-        def create(c: sqlite3.Connection) -> None:
-            c.execute("INSERT INTO uploads (uuid, repo, created, updated) VALUES (?, ?, ?, ?)", (upload_id, repo, now, now))
+        def create(c: Connection) -> None:
+            c.execute(
+                "INSERT INTO uploads (uuid, repo, created, updated, size) VALUES (?, ?, ?, ?, 0)",
+                (upload_id, repo, now, now),
+            )
 
         return self._write(create)
 
     def get_upload(self, upload_id: str) -> "Deferred[UploadRecord | None]":
         """The upload session C{upload_id}, or None."""
 
-        def get(c: sqlite3.Connection) -> UploadRecord | None:
-            row = c.execute("SELECT uuid, repo, created FROM uploads WHERE uuid = ?", (upload_id,)).fetchone()
-            return None if row is None else UploadRecord(*row)
+        def get(c: Connection) -> UploadRecord | None:
+            row = c.execute("SELECT uuid, repo, created, size FROM uploads WHERE uuid = ?", (upload_id,)).fetchone()
+            return None if row is None else UploadRecord(row[0], row[1], float(row[2]), int(row[3]))
 
         return self._read(get)
+
+    def advance_upload(self, upload_id: str, expected: int, size: int) -> "Deferred[bool]":
+        """Record that the session now holds C{size} bytes, if it still holds C{expected}: a
+        compare-and-swap, so that of two chunks written at one offset (by two replicas, say) one
+        wins and the other is told. Counts as activity."""
+        now = self._now()
+        return self._write(
+            lambda c: c.execute(
+                "UPDATE uploads SET size = ?, updated = ? WHERE uuid = ? AND size = ?", (size, now, upload_id, expected)
+            ).rowcount
+            > 0
+        )
 
     def touch_upload(self, upload_id: str) -> "Deferred[None]":
         """Note activity on an upload (stale uploads expire by this time)."""
         now = self._now()
 
-        def touch(c: sqlite3.Connection) -> None:
+        def touch(c: Connection) -> None:
             c.execute("UPDATE uploads SET updated = ? WHERE uuid = ?", (now, upload_id))
 
         return self._write(touch)
@@ -392,29 +371,30 @@ class Metadata:
         """In one transaction: forget the upload and make its blob visible in C{repo}."""
         now = self._now()
 
-        def finish(c: sqlite3.Connection) -> None:
+        def finish(c: Connection) -> None:
+            self._linking(c, [digest])
             c.execute("DELETE FROM uploads WHERE uuid = ?", (upload_id,))
             c.execute(
-                "INSERT OR IGNORE INTO repo_blobs (repo, digest, created) VALUES (?, ?, ?)", (repo, digest, now)
+                "INSERT INTO repo_blobs (repo, digest, created) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                (repo, digest, now),
             )
 
         return self._write(finish)
 
-    def upload_ids_sync(self) -> set[str]:
-        """Every known upload session id. Blocking: for start-up cleaning before serving."""
-        return {r[0] for r in self._conn.execute("SELECT uuid FROM uploads")}
+    def upload_ids(self) -> "Deferred[set[str]]":
+        """Every known upload session id."""
+        return self._read(lambda c: {r[0] for r in c.execute("SELECT uuid FROM uploads")})
 
-    # Garbage collection (trow.registry.gc). Cache repositories are those under f/: the range
-    # test below is what "repo LIKE 'f/%'" means, in a form sqlite can answer from an index.
+    # -- garbage collection (trow.registry.gc) ----------------------------------------------------
 
     def gc_record_access(self, entries: Iterable[tuple[str, str, float]]) -> "Deferred[None]":
         """Note reads of (repository, digest) at the given times; a time never moves back."""
         rows = list(entries)
 
-        def record(c: sqlite3.Connection) -> None:
+        def record(c: Connection) -> None:
             c.executemany(
-                "INSERT INTO gc_access (repo, digest, atime) VALUES (?, ?, ?) "
-                "ON CONFLICT (repo, digest) DO UPDATE SET atime = max(atime, excluded.atime)",
+                "INSERT INTO gc_access (repo, digest, atime) VALUES (?, ?, ?) ON CONFLICT (repo, digest) "
+                f"DO UPDATE SET atime = {self.GREATEST}(gc_access.atime, excluded.atime)",
                 rows,
             )
 
@@ -423,15 +403,17 @@ class Metadata:
     def gc_access_times(self, repo: str) -> "Deferred[dict[str, float]]":
         """Last recorded read of each digest of C{repo}."""
         return self._read(
-            lambda c: {d: t for d, t in c.execute("SELECT digest, atime FROM gc_access WHERE repo = ?", (repo,))}
+            lambda c: {d: float(t) for d, t in c.execute("SELECT digest, atime FROM gc_access WHERE repo = ?", (repo,))}
         )
 
     def gc_stale_uploads(self, cutoff: float) -> "Deferred[list[UploadRecord]]":
         """Upload sessions with no activity since C{cutoff}."""
         return self._read(
             lambda c: [
-                UploadRecord(*row)
-                for row in c.execute("SELECT uuid, repo, created FROM uploads WHERE updated < ? ORDER BY updated", (cutoff,))
+                UploadRecord(row[0], row[1], float(row[2]), int(row[3]))
+                for row in c.execute(
+                    "SELECT uuid, repo, created, size FROM uploads WHERE updated < ? ORDER BY updated", (cutoff,)
+                )
             ]
         )
 
@@ -442,14 +424,12 @@ class Metadata:
         )
 
     # The scans below page through their table in key order, SCAN rows per call, and return the
-    # key to go on from (None at the end): each call holds the db worker for milliseconds, not
+    # key to go on from (None at the end): each call holds a db connection for milliseconds, not
     # for a walk of every row, so requests keep flowing during a pass however big the store.
-    # "+r.repo": left to itself, sqlite looks manifest references up by repository (every
-    # reference of the repository) rather than by child (a handful of rows).
 
     def gc_sweep_links(
-        self, cutoff: float, now: float, after: tuple[str, str] = ("", ""), scan: int = 1000
-    ) -> "Deferred[tuple[list[tuple[str, str]], tuple[str, str] | None]]":
+        self, cutoff: float, now: float, after: Scan = ("", ""), scan: int = 1000
+    ) -> "Deferred[tuple[list[tuple[str, str]], Scan | None]]":
         """Look at the next C{scan} blob links after C{after}; remove those made (and, in cache
         repositories, last read) before C{cutoff} that no manifest of their repository references
         (config, layer, child, subject). Returns what was removed and where to go on.
@@ -461,13 +441,14 @@ class Metadata:
         Each is remembered in C{gc_swept}, so that a manifest stored just after, by a push that
         saw the link, brings it back (trigger C{gc_swept_referenced}).
         """
+        g, x = self.GREATEST, self.NO_INDEX
 
-        def sweep(c: sqlite3.Connection) -> tuple[list[tuple[str, str]], tuple[str, str] | None]:
+        def sweep(c: Connection) -> tuple[list[tuple[str, str]], Scan | None]:
             rows = c.execute(
                 "WITH page AS (SELECT repo, digest, created FROM repo_blobs WHERE (repo, digest) > (?, ?) "
                 "ORDER BY repo, digest LIMIT ?) "
-                "SELECT p.repo, p.digest, max(COALESCE(l.linked, p.created), COALESCE(a.atime, 0)) < ? "
-                "AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child = p.digest AND +r.repo = p.repo) "
+                f"SELECT p.repo, p.digest, {g}(COALESCE(l.linked, p.created), COALESCE(a.atime, 0)) < ? "
+                f"AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child = p.digest AND {x}r.repo = p.repo) "
                 "AND NOT EXISTS (SELECT 1 FROM manifests m WHERE m.repo = p.repo AND m.digest = p.digest) "
                 "AND NOT EXISTS (SELECT 1 FROM manifests m WHERE m.repo = p.repo AND m.subject = p.digest) "
                 "AND NOT EXISTS (SELECT 1 FROM uploads u WHERE u.repo = p.repo AND u.updated >= ?) "
@@ -480,7 +461,11 @@ class Metadata:
             for repo, digest in swept:
                 c.execute("DELETE FROM repo_blobs WHERE repo = ? AND digest = ?", (repo, digest))
                 c.execute("DELETE FROM gc_access WHERE repo = ? AND digest = ?", (repo, digest))
-                c.execute("INSERT OR REPLACE INTO gc_swept (repo, digest, at) VALUES (?, ?, ?)", (repo, digest, now))
+                c.execute(
+                    "INSERT INTO gc_swept (repo, digest, at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (repo, digest) DO UPDATE SET at = excluded.at",
+                    (repo, digest, now),
+                )
             return swept, ((rows[-1][0], rows[-1][1]) if len(rows) == scan else None)
 
         return self._write(sweep)
@@ -488,30 +473,30 @@ class Metadata:
     def gc_forget_swept(self, before: float) -> "Deferred[None]":
         """Drop sweep records older than C{before} (a small table: the last pass's sweep)."""
 
-        def forget(c: sqlite3.Connection) -> None:
+        def forget(c: Connection) -> None:
             c.execute("DELETE FROM gc_swept WHERE at < ?", (before,))
 
         return self._write(forget)
 
-    def gc_tidy_tags(self, after: tuple[str, str] = ("f/", ""), scan: int = 1000) -> "Deferred[tuple[str, str] | None]":
+    def gc_tidy_tags(self, after: Scan = (CACHE_PREFIX, ""), scan: int = 1000) -> "Deferred[Scan | None]":
         """Remove cache tags whose manifest is gone (a tag update racing an eviction), among the
         next C{scan} cache tags after C{after}. Tags of pushed repositories are never looked at."""
 
-        def tidy(c: sqlite3.Connection) -> tuple[str, str] | None:
+        def tidy(c: Connection) -> Scan | None:
             rows = c.execute(
                 "SELECT t.repo, t.tag, EXISTS (SELECT 1 FROM manifests m WHERE m.repo = t.repo AND m.digest = t.digest) "
-                "FROM tags t WHERE (t.repo, t.tag) > (?, ?) AND t.repo < 'f0' ORDER BY t.repo, t.tag LIMIT ?",
-                (*after, scan),
+                "FROM tags t WHERE (t.repo, t.tag) > (?, ?) AND t.repo < ? ORDER BY t.repo, t.tag LIMIT ?",
+                (*after, CACHE_HIGH, scan),
             ).fetchall()
             c.executemany("DELETE FROM tags WHERE repo = ? AND tag = ?", [(r, t) for r, t, alive in rows if not alive])
             return (rows[-1][0], rows[-1][1]) if len(rows) == scan else None
 
         return self._write(tidy)
 
-    def gc_tidy_access(self, after: tuple[str, str] = ("", ""), scan: int = 1000) -> "Deferred[tuple[str, str] | None]":
+    def gc_tidy_access(self, after: Scan = ("", ""), scan: int = 1000) -> "Deferred[Scan | None]":
         """Forget read times of content no longer there, among the next C{scan} after C{after}."""
 
-        def tidy(c: sqlite3.Connection) -> tuple[str, str] | None:
+        def tidy(c: Connection) -> Scan | None:
             rows = c.execute(
                 "SELECT a.repo, a.digest, "
                 "EXISTS (SELECT 1 FROM manifests m WHERE m.repo = a.repo AND m.digest = a.digest) "
@@ -528,53 +513,59 @@ class Metadata:
 
     # Sizes and least recently used proxied content.
 
-    def gc_unsized(
-        self, after: tuple[str, str] = ("f/", ""), scan: int = 1000
-    ) -> "Deferred[tuple[list[str], tuple[str, str] | None]]":
+    def gc_unsized(self, after: Scan = (CACHE_PREFIX, ""), scan: int = 1000) -> "Deferred[tuple[list[str], Scan | None]]":
         """Among the next C{scan} cache blob links after C{after}, the digests whose size is not
         recorded yet (the caller stats them once: content-addressed sizes never change)."""
 
-        def unsized(c: sqlite3.Connection) -> tuple[list[str], tuple[str, str] | None]:
+        def unsized(c: Connection) -> tuple[list[str], Scan | None]:
             rows = c.execute(
                 "SELECT b.repo, b.digest, EXISTS (SELECT 1 FROM gc_sizes s WHERE s.digest = b.digest) "
-                "FROM repo_blobs b WHERE (b.repo, b.digest) > (?, ?) AND b.repo < 'f0' ORDER BY b.repo, b.digest LIMIT ?",
-                (*after, scan),
+                "FROM repo_blobs b WHERE (b.repo, b.digest) > (?, ?) AND b.repo < ? ORDER BY b.repo, b.digest LIMIT ?",
+                (*after, CACHE_HIGH, scan),
             ).fetchall()
             missing = sorted({digest for _, digest, sized in rows if not sized})
             return missing, ((rows[-1][0], rows[-1][1]) if len(rows) == scan else None)
 
         return self._read(unsized)
 
-    def gc_size_manifests(self, after: tuple[str, str] = ("f/", ""), scan: int = 1000) -> "Deferred[tuple[str, str] | None]":
+    def gc_size_manifests(self, after: Scan = (CACHE_PREFIX, ""), scan: int = 1000) -> "Deferred[Scan | None]":
         """Record the sizes of the next C{scan} cached manifests after C{after} (from their rows)."""
 
-        def record(c: sqlite3.Connection) -> tuple[str, str] | None:
+        def record(c: Connection) -> Scan | None:
             rows = c.execute(
-                "SELECT repo, digest, size FROM manifests WHERE (repo, digest) > (?, ?) AND repo < 'f0' "
+                "SELECT repo, digest, size FROM manifests WHERE (repo, digest) > (?, ?) AND repo < ? "
                 "ORDER BY repo, digest LIMIT ?",
-                (*after, scan),
+                (*after, CACHE_HIGH, scan),
             ).fetchall()
-            c.executemany("INSERT OR IGNORE INTO gc_sizes (digest, size) VALUES (?, ?)", [(d, size) for _, d, size in rows])
+            c.executemany(
+                "INSERT INTO gc_sizes (digest, size) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                [(d, size) for _, d, size in rows],
+            )
             return (rows[-1][0], rows[-1][1]) if len(rows) == scan else None
 
         return self._write(record)
 
     def gc_record_sizes(self, sizes: dict[str, int]) -> "Deferred[None]":
         """Record blob sizes (stat on the disk worker)."""
-        rows = list(sizes.items())
+        rows = sorted(sizes.items())
 
-        def record(c: sqlite3.Connection) -> None:
-            c.executemany("INSERT OR REPLACE INTO gc_sizes (digest, size) VALUES (?, ?)", rows)
+        def record(c: Connection) -> None:
+            c.executemany(
+                "INSERT INTO gc_sizes (digest, size) VALUES (?, ?) ON CONFLICT (digest) DO UPDATE SET size = excluded.size",
+                rows,
+            )
 
         return self._write(record)
 
+    # A digest only cache repositories hold: some cache row names it, and no row of a pushed
+    # repository does. Six parameters: CACHE_LOW and CACHE_HIGH three times.
     _PROXIED_ONLY = (
-        "(EXISTS (SELECT 1 FROM repo_blobs b WHERE b.digest = s.digest AND b.repo >= 'f/' AND b.repo < 'f0') "
-        "OR EXISTS (SELECT 1 FROM manifests m WHERE m.digest = s.digest AND m.repo >= 'f/' AND m.repo < 'f0') "
-        "OR EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child = s.digest AND r.repo >= 'f/' AND r.repo < 'f0')) "
-        "AND NOT EXISTS (SELECT 1 FROM repo_blobs b WHERE b.digest = s.digest AND NOT (b.repo >= 'f/' AND b.repo < 'f0')) "
-        "AND NOT EXISTS (SELECT 1 FROM manifests m WHERE m.digest = s.digest AND NOT (m.repo >= 'f/' AND m.repo < 'f0')) "
-        "AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child = s.digest AND NOT (r.repo >= 'f/' AND r.repo < 'f0'))"
+        "(EXISTS (SELECT 1 FROM repo_blobs b WHERE b.digest = s.digest AND b.repo >= ? AND b.repo < ?) "
+        "OR EXISTS (SELECT 1 FROM manifests m WHERE m.digest = s.digest AND m.repo >= ? AND m.repo < ?) "
+        "OR EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child = s.digest AND r.repo >= ? AND r.repo < ?)) "
+        "AND NOT EXISTS (SELECT 1 FROM repo_blobs b WHERE b.digest = s.digest AND (b.repo < ? OR b.repo >= ?)) "
+        "AND NOT EXISTS (SELECT 1 FROM manifests m WHERE m.digest = s.digest AND (m.repo < ? OR m.repo >= ?)) "
+        "AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child = s.digest AND (r.repo < ? OR r.repo >= ?))"
     )
 
     def gc_proxied_bytes(self, after: str = "", scan: int = 1000) -> "Deferred[tuple[int, str | None]]":
@@ -582,45 +573,46 @@ class Metadata:
         after C{after}: summed over all pages, what C{max_size} limits. Content also linked in,
         or referenced by a manifest of, a pushed repository is not counted: it is never evicted."""
 
-        def total(c: sqlite3.Connection) -> tuple[int, str | None]:
+        def total(c: Connection) -> tuple[int, str | None]:
             rows = c.execute(
-                f"WITH page AS (SELECT digest, size FROM gc_sizes WHERE digest > ? ORDER BY digest LIMIT ?) "
+                "WITH page AS (SELECT digest, size FROM gc_sizes WHERE digest > ? ORDER BY digest LIMIT ?) "
                 f"SELECT s.digest, CASE WHEN {self._PROXIED_ONLY} THEN s.size ELSE 0 END FROM page s ORDER BY s.digest",
-                (after, scan),
+                (after, scan, *(CACHE_LOW, CACHE_HIGH) * 6),
             ).fetchall()
             return sum(int(size) for _, size in rows), (rows[-1][0] if len(rows) == scan else None)
 
         return self._read(total)
 
     def gc_lru_page(
-        self, kind: int, after: tuple[str, str] = ("f/", ""), scan: int = 1000
-    ) -> "Deferred[tuple[list[tuple[int, str, str, float]], tuple[str, str] | None]]":
+        self, kind: int, after: Scan = (CACHE_PREFIX, ""), scan: int = 1000
+    ) -> "Deferred[tuple[list[tuple[int, str, str, float]], Scan | None]]":
         """Units of cached content among the next C{scan} rows after C{after}, as (kind, repo,
         digest, last use). Kind 0 (C{manifests} rows): a manifest that no other manifest of its
         cache repository references; evicting it takes what only it holds. Kind 1
         (C{repo_blobs} rows): a blob link that no manifest of its repository references. Last use
         is the later of its last read and when it was stored (or linked)."""
+        g, x = self.GREATEST, self.NO_INDEX
 
-        def page(c: sqlite3.Connection) -> tuple[list[tuple[int, str, str, float]], tuple[str, str] | None]:
+        def page(c: Connection) -> tuple[list[tuple[int, str, str, float]], Scan | None]:
             if kind == 0:
                 rows = c.execute(
                     "WITH page AS (SELECT repo, digest, created FROM manifests WHERE (repo, digest) > (?, ?) "
-                    "AND repo < 'f0' ORDER BY repo, digest LIMIT ?) "
-                    "SELECT p.repo, p.digest, max(p.created, COALESCE(a.atime, 0)), "
-                    "NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child = p.digest AND +r.repo = p.repo) "
+                    "AND repo < ? ORDER BY repo, digest LIMIT ?) "
+                    f"SELECT p.repo, p.digest, {g}(p.created, COALESCE(a.atime, 0)), "
+                    f"NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child = p.digest AND {x}r.repo = p.repo) "
                     "FROM page p LEFT JOIN gc_access a ON a.repo = p.repo AND a.digest = p.digest ORDER BY p.repo, p.digest",
-                    (*after, scan),
+                    (*after, CACHE_HIGH, scan),
                 ).fetchall()
             else:
                 rows = c.execute(
                     "WITH page AS (SELECT repo, digest, created FROM repo_blobs WHERE (repo, digest) > (?, ?) "
-                    "AND repo < 'f0' ORDER BY repo, digest LIMIT ?) "
-                    "SELECT p.repo, p.digest, max(COALESCE(l.linked, p.created), COALESCE(a.atime, 0)), "
-                    "NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child = p.digest AND +r.repo = p.repo) "
+                    "AND repo < ? ORDER BY repo, digest LIMIT ?) "
+                    f"SELECT p.repo, p.digest, {g}(COALESCE(l.linked, p.created), COALESCE(a.atime, 0)), "
+                    f"NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child = p.digest AND {x}r.repo = p.repo) "
                     "AND NOT EXISTS (SELECT 1 FROM manifests m WHERE m.repo = p.repo AND m.digest = p.digest) "
                     "FROM page p LEFT JOIN gc_links l ON l.repo = p.repo AND l.digest = p.digest "
                     "LEFT JOIN gc_access a ON a.repo = p.repo AND a.digest = p.digest ORDER BY p.repo, p.digest",
-                    (*after, scan),
+                    (*after, CACHE_HIGH, scan),
                 ).fetchall()
             units = [(kind, repo, digest, float(used)) for repo, digest, used, unit in rows if unit]
             return units, ((rows[-1][0], rows[-1][1]) if len(rows) == scan else None)
@@ -628,7 +620,7 @@ class Metadata:
         return self._read(page)
 
     @staticmethod
-    def _gc_has_rows(c: sqlite3.Connection, digest: str) -> bool:
+    def _gc_has_rows(c: Connection, digest: str) -> bool:
         return (
             c.execute(
                 "SELECT 1 FROM repo_blobs WHERE digest = ? UNION ALL SELECT 1 FROM manifests WHERE digest = ? "
@@ -639,8 +631,9 @@ class Metadata:
         )
 
     def _gc_evict_manifest(
-        self, c: sqlite3.Connection, repo: str, digest: str, evicted: list[tuple[str, str]], touched: set[str]
+        self, c: Connection, repo: str, digest: str, evicted: list[tuple[str, str]], touched: set[str]
     ) -> None:
+        x = self.NO_INDEX
         children = [r[0] for r in c.execute("SELECT child FROM manifest_refs WHERE repo = ? AND digest = ?", (repo, digest))]
         c.execute("DELETE FROM manifests WHERE repo = ? AND digest = ?", (repo, digest))
         c.execute("DELETE FROM tags WHERE repo = ? AND digest = ?", (repo, digest))
@@ -650,7 +643,7 @@ class Metadata:
         touched.add(digest)
         for child in children:
             touched.add(child)
-            if c.execute("SELECT 1 FROM manifest_refs WHERE child = ? AND +repo = ? LIMIT 1", (child, repo)).fetchone():
+            if c.execute(f"SELECT 1 FROM manifest_refs WHERE child = ? AND {x}repo = ? LIMIT 1", (child, repo)).fetchone():
                 continue  # still used by another manifest of this repository
             if c.execute("SELECT 1 FROM manifests WHERE repo = ? AND digest = ?", (repo, child)).fetchone():
                 # A child of an evicted index: only the index kept it.
@@ -662,13 +655,14 @@ class Metadata:
     def gc_evict(
         self, units: Iterable[tuple[int, str, str, float]], need: int
     ) -> "Deferred[tuple[list[tuple[str, str]], dict[str, int]]]":
-        """Evict units from L{gc_lru_units}, in order, until C{need} bytes are freed. Units read,
+        """Evict units from L{gc_lru_page}, in order, until C{need} bytes are freed. Units read,
         stored or referenced again since they were listed are skipped. Returns the manifests
         evicted (index children included) and the digests left with no row anywhere, with their
         recorded sizes: what the eviction frees."""
         wanted = list(units)
+        x = self.NO_INDEX
 
-        def evict(c: sqlite3.Connection) -> tuple[list[tuple[str, str]], dict[str, int]]:
+        def evict(c: Connection) -> tuple[list[tuple[str, str]], dict[str, int]]:
             evicted: list[tuple[str, str]] = []
             freed: dict[str, int] = {}
             for kind, repo, digest, used in wanted:
@@ -678,7 +672,7 @@ class Metadata:
                 atime = c.execute("SELECT atime FROM gc_access WHERE repo = ? AND digest = ?", (repo, digest)).fetchone()
                 if atime is not None and atime[0] > used:
                     continue
-                if c.execute("SELECT 1 FROM manifest_refs WHERE child = ? AND +repo = ? LIMIT 1", (digest, repo)).fetchone():
+                if c.execute(f"SELECT 1 FROM manifest_refs WHERE child = ? AND {x}repo = ? LIMIT 1", (digest, repo)).fetchone():
                     continue
                 if kind == 0:
                     row = c.execute("SELECT created FROM manifests WHERE repo = ? AND digest = ?", (repo, digest)).fetchone()
@@ -698,7 +692,7 @@ class Metadata:
                     touched.add(digest)
                 # A digest this unit touched is freed once nothing refers to it: every unit that
                 # still did would have touched it too when evicted, so checking these is enough.
-                for gone in touched:
+                for gone in sorted(touched):
                     if gone not in freed and not self._gc_has_rows(c, gone):
                         size = c.execute("SELECT size FROM gc_sizes WHERE digest = ?", (gone,)).fetchone()
                         freed[gone] = int(size[0]) if size else 0
@@ -714,7 +708,7 @@ class Metadata:
         with whether eviction freed it. Those that gained a row back (or are in quarantine) are
         dropped from the list; the others are returned and stay listed until dealt with."""
 
-        def take(c: sqlite3.Connection) -> tuple[dict[str, bool], str | None]:
+        def take(c: Connection) -> tuple[dict[str, bool], str | None]:
             rows = c.execute(
                 "SELECT digest, evicted FROM gc_candidates WHERE digest > ? ORDER BY digest LIMIT ?", (after, scan)
             ).fetchall()
@@ -732,9 +726,9 @@ class Metadata:
 
     def gc_drop_candidates(self, digests: Iterable[str]) -> "Deferred[None]":
         """Stop considering C{digests} (their files are gone, or they are not digests)."""
-        rows = [(d,) for d in digests]
+        rows = [(d,) for d in sorted(digests)]
 
-        def drop(c: sqlite3.Connection) -> None:
+        def drop(c: Connection) -> None:
             c.executemany("DELETE FROM gc_candidates WHERE digest = ?", rows)
             c.executemany("DELETE FROM gc_sizes WHERE digest = ?", rows)
 
@@ -742,10 +736,10 @@ class Metadata:
 
     def gc_add_candidates(self, digests: Iterable[str]) -> "Deferred[None]":
         """Consider C{digests} (found by walking the blob store) at the next look."""
-        rows = [(d,) for d in digests]
+        rows = [(d,) for d in sorted(digests)]
 
-        def add(c: sqlite3.Connection) -> None:
-            c.executemany("INSERT OR IGNORE INTO gc_candidates (digest) VALUES (?)", rows)
+        def add(c: Connection) -> None:
+            c.executemany("INSERT INTO gc_candidates (digest) VALUES (?) ON CONFLICT DO NOTHING", rows)
 
         return self._write(add)
 
@@ -765,43 +759,42 @@ class Metadata:
         C{move_aside(digest)} (which returns where it went, or None if there was no file) and
         record it in C{gc_quarantine}. Returns (digest, path aside).
 
-        All of it is one call on the db worker, the only thread that links blobs: no link can be
-        made between the check and the move. A link made later finds the digest quarantined, and
-        the restore hook (L{gc_install_restore}) puts the file back before that link commits.
+        All of it is one transaction that holds each digest's link lock (L{_lock}): no link can
+        be made between the check and the move. A link made later finds the digest quarantined
+        and puts the file back before it commits (L{_linking}).
         """
-        wanted = list(digests)
+        wanted = sorted(set(digests))
+        moved: list[tuple[str, str]] = []
 
-        def doom(c: sqlite3.Connection) -> list[tuple[str, str]]:
-            moved: list[tuple[str, str]] = []
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                for digest in wanted:
-                    c.execute("DELETE FROM gc_candidates WHERE digest = ?", (digest,))
-                    if self._gc_has_rows(c, digest):
-                        continue
-                    if c.execute("SELECT 1 FROM gc_quarantine WHERE digest = ?", (digest,)).fetchone():
-                        continue
-                    aside = move_aside(digest)
-                    if aside is None:
-                        continue
-                    moved.append((digest, aside))
-                    c.execute("INSERT INTO gc_quarantine (digest, path, since) VALUES (?, ?, ?)", (digest, aside, now))
-                c.execute("COMMIT")
-            except BaseException:
-                if c.in_transaction:
-                    c.execute("ROLLBACK")
-                # Nothing records these moves: undo them, or the files would be lost for good.
-                for digest, aside in moved:
-                    put_back(digest, aside)
-                raise
-            return moved
+        def doom(c: Connection) -> list[tuple[str, str]]:
+            moved.clear()
+            self._lock(c, wanted)
+            for digest in wanted:
+                c.execute("DELETE FROM gc_candidates WHERE digest = ?", (digest,))
+                if self._gc_has_rows(c, digest):
+                    continue
+                if c.execute("SELECT 1 FROM gc_quarantine WHERE digest = ?", (digest,)).fetchone():
+                    continue
+                aside = move_aside(digest)
+                if aside is None:
+                    continue
+                moved.append((digest, aside))
+                c.execute("INSERT INTO gc_quarantine (digest, path, since) VALUES (?, ?, ?)", (digest, aside, now))
+            return list(moved)
 
-        return self._worker.run(doom, self._conn)
+        def undo() -> None:
+            # Nothing records these moves: undo them, or the files would be lost for good.
+            for digest, aside in moved:
+                put_back(digest, aside)
+
+        return self._write(doom, undo)
 
     def gc_quarantined(self, before: float) -> "Deferred[list[tuple[str, str]]]":
         """Blob files moved aside before C{before} and not dealt with yet (a pass that did not finish)."""
         return self._read(
-            lambda c: [(d, p) for d, p in c.execute("SELECT digest, path FROM gc_quarantine WHERE since < ?", (before,))]
+            lambda c: [
+                (d, p) for d, p in c.execute("SELECT digest, path FROM gc_quarantine WHERE since < ? ORDER BY digest", (before,))
+            ]
         )
 
     def gc_release(
@@ -810,10 +803,11 @@ class Metadata:
         """End the quarantine of C{digests}: a digest that gained a row, or is in C{keep}, gets
         its file back with C{put_back(digest, path)}; the others are forgotten for good and
         returned as (digest, path aside) for the caller to delete. Digests whose quarantine a
-        link already ended (the restore hook) are skipped."""
-        wanted = list(digests)
+        link already ended are skipped."""
+        wanted = sorted(set(digests))
 
-        def release(c: sqlite3.Connection) -> list[tuple[str, str]]:
+        def release(c: Connection) -> list[tuple[str, str]]:
+            self._lock(c, wanted)
             doomed: list[tuple[str, str]] = []
             for digest in wanted:
                 row = c.execute("SELECT path FROM gc_quarantine WHERE digest = ?", (digest,)).fetchone()
@@ -834,27 +828,6 @@ class Metadata:
         """Make every new link, manifest or manifest reference to a quarantined digest put its
         file back (C{restore(digest, path aside)}, run inside the linking transaction), so that a
         push, mount or cache fill that saw the file before it was moved aside never ends up
-        linking a missing file. TEMP triggers: they live as long as this connection, with the
-        Python function they call; an exception in C{restore} fails the link."""
-
-        def hook(digest: str, path: str | None) -> int:
-            if path is not None:
-                restore(digest, path)
-            return 1
-
-        def install(c: sqlite3.Connection) -> None:
-            c.create_function("trow_gc_restore", 2, hook)
-            for name, table, column in (
-                ("gc_restore_link", "repo_blobs", "digest"),
-                ("gc_restore_manifest", "manifests", "digest"),
-                ("gc_restore_reference", "manifest_refs", "child"),
-            ):
-                c.execute(
-                    f"CREATE TEMP TRIGGER IF NOT EXISTS {name} AFTER INSERT ON main.{table} "
-                    f"WHEN EXISTS (SELECT 1 FROM main.gc_quarantine WHERE digest = NEW.{column}) BEGIN "
-                    f"SELECT trow_gc_restore(NEW.{column}, (SELECT path FROM main.gc_quarantine WHERE digest = NEW.{column})); "
-                    f"DELETE FROM gc_quarantine WHERE digest = NEW.{column}; "
-                    "END"
-                )
-
-        return self._read(install)
+        linking a missing file. An exception in C{restore} fails the link."""
+        self._restore = restore
+        return self._read(lambda c: None)

@@ -1,14 +1,22 @@
-"""Upload session files: C{uploads/<uuid>}, whose size is the session's offset.
+"""Upload session files: C{uploads/<uuid>}, holding the bytes of a session up to its offset.
 
-A session's bytes are hashed as they are appended, with the hasher kept in memory beside its
-offset. After a restart (or if the offsets ever disagree) the file is simply hashed again on the
-worker at the end, so resuming an upload after a crash costs time, never correctness.
+The offset is the metadata's (L{trow.storage.metadata.UploadRecord.size}), not the file's size:
+with several replicas on one shared volume, the chunks of one session may be written by different
+processes, and one replica's view of another's file size can lag. Each chunk is written at the
+offset the metadata gave (never blindly appended), and the file is closed, which on NFS publishes
+it to the next opener.
+
+A session's bytes are hashed as they are written, with the hasher kept in memory beside its
+offset. After a restart, on another replica, or if the offsets ever disagree, the file is simply
+hashed again (up to the offset) on the worker at the end, so resuming an upload costs time,
+never correctness.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import time
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -46,9 +54,9 @@ class UploadFiles:
         except FileNotFoundError:
             return None
 
-    def append(self, upload_id: str, body: SpooledBody | bytes) -> "Deferred[int]":
-        """Append a chunk and return the new offset. The chunk's file (if any) is consumed."""
-        offset = self.size(upload_id) or 0
+    def append(self, upload_id: str, body: SpooledBody | bytes, offset: int) -> "Deferred[int]":
+        """Write a chunk at C{offset} (where the session ends) and return the new offset. The
+        chunk's file (if any) is consumed."""
         state = self._hashers.get(upload_id)
         if state is not None and state[0] != offset:
             state = None
@@ -58,7 +66,7 @@ class UploadFiles:
             return self._worker.run(self._replace, body.path, self.path(upload_id)).addCallback(lambda _: body.size)
         # Hash into a copy: a chunk that fails half-way must leave the session's hash untouched.
         hasher = state[1].copy() if state is not None else None
-        return self._worker.run(self._append_sync, upload_id, body, hasher).addCallbacks(
+        return self._worker.run(self._append_sync, upload_id, body, hasher, offset).addCallbacks(
             self._appended, self._append_failed, callbackArgs=(upload_id, hasher), errbackArgs=(upload_id,)
         )
 
@@ -77,10 +85,12 @@ class UploadFiles:
     def _replace(source: str, target: str) -> None:
         os.replace(source, target)
 
-    def _append_sync(self, upload_id: str, body: SpooledBody | bytes, hasher: Any) -> int:
+    def _append_sync(self, upload_id: str, body: SpooledBody | bytes, hasher: Any, start: int) -> int:
         path = self.path(upload_id)
-        with open(path, "ab") as out:
-            start = out.tell()
+        with open(path, "r+b") as out:
+            # Whatever lies past the offset is not the session's (a chunk that failed half-way).
+            out.truncate(start)
+            out.seek(start)
             try:
                 if isinstance(body, bytes):
                     out.write(body)
@@ -101,13 +111,22 @@ class UploadFiles:
                     body.discard()
             return out.tell()
 
-    def digest_hex(self, upload_id: str, algorithm: str) -> "Deferred[str]":
-        """The hex digest of everything the session holds, from memory when possible."""
-        offset = self.size(upload_id)
+    def digest_hex(self, upload_id: str, algorithm: str, offset: int) -> "Deferred[str]":
+        """The hex digest of the session's first C{offset} bytes (all it holds), from memory
+        when this process wrote them all."""
         state = self._hashers.get(upload_id)
         if algorithm == "sha256" and state is not None and state[0] == offset:
             return self._worker.run(lambda: state[1].copy().hexdigest())
-        return self._blobs.hash_file(self.path(upload_id), algorithm)
+        return self._blobs.hash_file(self.path(upload_id), algorithm, limit=offset)
+
+    def truncate(self, upload_id: str, offset: int) -> "Deferred[None]":
+        """Cut the session's file to C{offset} bytes, so that it can be committed as a blob."""
+
+        def cut() -> None:
+            with open(self.path(upload_id), "r+b") as handle:
+                handle.truncate(offset)
+
+        return self._worker.run(cut)
 
     def forget(self, upload_id: str) -> None:
         """Drop the in-memory state of a session (its file is gone or committed)."""
@@ -122,6 +141,21 @@ class UploadFiles:
         """Session files on disk (start-up cleaning)."""
         return os.listdir(self.root)
 
-    def remove_orphans(self, known: set[str]) -> int:
-        """Delete files of sessions the metadata does not know (a crash between the two). Blocking."""
-        return remove_entries(self.root, keep=known)
+    def remove_orphans(self, known: set[str], older_than: float | None = None) -> int:
+        """Delete files of sessions the metadata does not know (a crash between the two), or with
+        C{older_than}, only those last modified more than that many seconds ago: on a shared
+        volume, a peer may have just created a session's file. Blocking."""
+        if older_than is None:
+            return remove_entries(self.root, keep=known)
+        cutoff = time.time() - older_than
+        removed = 0
+        for name in os.listdir(self.root):
+            path = os.path.join(self.root, name)
+            try:
+                if name in known or os.stat(path).st_mtime > cutoff:
+                    continue
+            except FileNotFoundError:
+                continue
+            discard_file(path)
+            removed += 1
+        return removed

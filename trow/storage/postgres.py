@@ -1,0 +1,331 @@
+"""The shared metadata backend: PostgreSQL (C{--database URL}), for several trow replicas.
+
+Every call runs on trow's own db thread pool with a connection from a psycopg pool, one
+transaction per write (READ COMMITTED). Links are serialised against garbage collection of the
+same digest by transaction-scoped advisory locks (L{PostgresMetadata._lock}), which is what the
+single db thread does for sqlite. Repository names and tags are C{COLLATE "C"}: ordering and the
+cache-repository range test are byte-wise, as in sqlite, whatever the database's locale.
+
+The schema is versioned (table C{trow_schema}); L{PostgresMetadata.migrate} applies what is
+missing under an advisory lock, so N replicas starting at once migrate once, and refuses a
+schema newer than this code. A database that cannot be reached, or is too slow, makes calls fail
+with L{MetadataUnavailable} within a few seconds; the pool reconnects by itself.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Iterable, Sequence, TypeVar
+
+import psycopg
+import psycopg_pool
+from psycopg import conninfo
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from trow.storage.metadata import MetadataUnavailable
+from trow.storage.sql import Cursor, SqlMetadata
+from trow.workers import Worker
+
+T = TypeVar("T")
+_log = Logger()
+
+# Advisory lock keys (one 64-bit space per database): schema migrations, the one GC pass of the
+# whole set of replicas. Digest locks are hashtextextended(digest, DIGEST_SEED).
+MIGRATION_LOCK = 0x7472_6F77_0001
+GC_LOCK = 0x7472_6F77_0002
+DIGEST_SEED = 0x7472
+
+# How long a request waits for a connection, and for one statement, before it is told the
+# database is unavailable (503): a few seconds, never a hang.
+CONNECT_TIMEOUT = 3
+POOL_TIMEOUT = 3.0
+STATEMENT_TIMEOUT_MS = 10_000
+
+TEXT = 'TEXT COLLATE "C"'
+TIME = "DOUBLE PRECISION"
+
+# (version, statements). Append only: a released migration is never edited.
+MIGRATIONS: list[tuple[int, list[str]]] = [
+    (
+        1,
+        [
+            f"""CREATE TABLE repo_blobs (
+                repo {TEXT} NOT NULL, digest {TEXT} NOT NULL, created {TIME} NOT NULL,
+                PRIMARY KEY (repo, digest))""",
+            "CREATE INDEX repo_blobs_digest ON repo_blobs (digest)",
+            f"""CREATE TABLE manifests (
+                repo {TEXT} NOT NULL, digest {TEXT} NOT NULL, media_type TEXT NOT NULL, size BIGINT NOT NULL,
+                subject {TEXT}, artifact_type TEXT, annotations TEXT, created {TIME} NOT NULL,
+                PRIMARY KEY (repo, digest))""",
+            "CREATE INDEX manifests_subject ON manifests (repo, subject)",
+            "CREATE INDEX manifests_digest ON manifests (digest)",
+            f"""CREATE TABLE manifest_refs (
+                repo {TEXT} NOT NULL, digest {TEXT} NOT NULL, child {TEXT} NOT NULL,
+                PRIMARY KEY (repo, digest, child))""",
+            "CREATE INDEX manifest_refs_child ON manifest_refs (child)",
+            f"""CREATE TABLE tags (
+                repo {TEXT} NOT NULL, tag {TEXT} NOT NULL, digest {TEXT} NOT NULL, updated {TIME} NOT NULL,
+                PRIMARY KEY (repo, tag))""",
+            "CREATE INDEX tags_digest ON tags (repo, digest)",
+            f"""CREATE TABLE uploads (
+                uuid {TEXT} PRIMARY KEY, repo {TEXT} NOT NULL, created {TIME} NOT NULL, updated {TIME} NOT NULL,
+                size BIGINT NOT NULL DEFAULT 0)""",
+            f"""CREATE TABLE gc_access (
+                repo {TEXT} NOT NULL, digest {TEXT} NOT NULL, atime {TIME} NOT NULL, PRIMARY KEY (repo, digest))""",
+            f"""CREATE TABLE gc_links (
+                repo {TEXT} NOT NULL, digest {TEXT} NOT NULL, linked {TIME} NOT NULL, PRIMARY KEY (repo, digest))""",
+            f"CREATE TABLE gc_sizes (digest {TEXT} PRIMARY KEY, size BIGINT NOT NULL)",
+            f"CREATE TABLE gc_candidates (digest {TEXT} PRIMARY KEY, evicted INTEGER NOT NULL DEFAULT 0)",
+            f"CREATE TABLE gc_quarantine (digest {TEXT} PRIMARY KEY, path TEXT NOT NULL, since {TIME} NOT NULL)",
+            f"""CREATE TABLE gc_swept (
+                repo {TEXT} NOT NULL, digest {TEXT} NOT NULL, at {TIME} NOT NULL, PRIMARY KEY (repo, digest))""",
+            # The triggers of the sqlite schema (see trow.storage.sqlite), in PL/pgSQL. BEFORE
+            # INSERT also fires for an INSERT ... ON CONFLICT DO NOTHING that finds the link.
+            """CREATE FUNCTION trow_gc_link_made() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                INSERT INTO gc_links (repo, digest, linked) VALUES (NEW.repo, NEW.digest, NEW.created)
+                    ON CONFLICT (repo, digest) DO UPDATE SET linked = EXCLUDED.linked;
+                RETURN NEW;
+            END $$""",
+            "CREATE TRIGGER gc_link_made BEFORE INSERT ON repo_blobs FOR EACH ROW EXECUTE FUNCTION trow_gc_link_made()",
+            """CREATE FUNCTION trow_gc_link_gone() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                DELETE FROM gc_links WHERE repo = OLD.repo AND digest = OLD.digest;
+                INSERT INTO gc_candidates (digest) VALUES (OLD.digest) ON CONFLICT DO NOTHING;
+                RETURN OLD;
+            END $$""",
+            "CREATE TRIGGER gc_link_gone AFTER DELETE ON repo_blobs FOR EACH ROW EXECUTE FUNCTION trow_gc_link_gone()",
+            """CREATE FUNCTION trow_gc_manifest_gone() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                INSERT INTO gc_candidates (digest) VALUES (OLD.digest) ON CONFLICT DO NOTHING;
+                RETURN OLD;
+            END $$""",
+            "CREATE TRIGGER gc_manifest_gone AFTER DELETE ON manifests FOR EACH ROW EXECUTE FUNCTION trow_gc_manifest_gone()",
+            """CREATE FUNCTION trow_gc_reference_gone() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                INSERT INTO gc_candidates (digest) VALUES (OLD.child) ON CONFLICT DO NOTHING;
+                RETURN OLD;
+            END $$""",
+            "CREATE TRIGGER gc_reference_gone AFTER DELETE ON manifest_refs "
+            "FOR EACH ROW EXECUTE FUNCTION trow_gc_reference_gone()",
+            # A manifest stored right after the sweep removed the link its push had just checked:
+            # the link comes back (see trow.registry.gc).
+            """CREATE FUNCTION trow_gc_swept_referenced() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF EXISTS (SELECT 1 FROM gc_swept WHERE repo = NEW.repo AND digest = NEW.child) THEN
+                    INSERT INTO repo_blobs (repo, digest, created)
+                        SELECT NEW.repo, NEW.child, COALESCE(
+                            (SELECT created FROM manifests WHERE repo = NEW.repo AND digest = NEW.digest),
+                            (SELECT at FROM gc_swept WHERE repo = NEW.repo AND digest = NEW.child))
+                        ON CONFLICT DO NOTHING;
+                    DELETE FROM gc_swept WHERE repo = NEW.repo AND digest = NEW.child;
+                END IF;
+                RETURN NULL;
+            END $$""",
+            "CREATE TRIGGER gc_swept_referenced AFTER INSERT ON manifest_refs "
+            "FOR EACH ROW EXECUTE FUNCTION trow_gc_swept_referenced()",
+        ],
+    ),
+]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+class DatabaseURLError(ValueError):
+    """C{--database} is not a usable PostgreSQL connection URL."""
+
+
+class SchemaTooNew(Exception):
+    """The database was migrated by a newer trow: this one refuses to run on it."""
+
+
+def check_url(url: str) -> dict[str, Any]:
+    """Parse a libpq URL or key=value string; raise L{DatabaseURLError} saying what is wrong.
+    Nothing is connected to."""
+    if not url.startswith(("postgresql://", "postgres://")) and "=" not in url:
+        raise DatabaseURLError(
+            f"--database {redact(url)!r} is not a PostgreSQL URL: write postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME"
+        )
+    try:
+        return conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError as e:
+        raise DatabaseURLError(f"--database {redact(url)!r} is not a valid PostgreSQL URL: {e}") from None
+
+
+def redact(url: str) -> str:
+    """C{url} with any password replaced, for messages and logs."""
+    try:
+        params = conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return url.split("@", 1)[-1] if "@" in url else url
+    if "password" in params:
+        params["password"] = "***"
+    if url.startswith(("postgresql://", "postgres://")):
+        host = params.get("host", "")
+        port = f":{params['port']}" if "port" in params else ""
+        user = params.get("user", "")
+        auth = f"{user}{':***' if 'password' in params else ''}@" if user else ""
+        return f"postgresql://{auth}{host}{port}/{params.get('dbname', '')}"
+    return conninfo.make_conninfo("", **params)
+
+
+class _PgConnection:
+    """A psycopg connection with the shared code's C{?} placeholders."""
+
+    _translated: dict[str, str] = {}
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+
+    @classmethod
+    def _sql(cls, sql: str) -> str:
+        translated = cls._translated.get(sql)
+        if translated is None:
+            translated = cls._translated[sql] = sql.replace("%", "%%").replace("?", "%s")
+        return translated
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        return self._conn.execute(self._sql(sql), params)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        rows = list(rows)
+        if rows:
+            self._conn.cursor().executemany(self._sql(sql), rows)
+
+
+# Failures that mean "the database is not there right now", as opposed to a bug in a query.
+_UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed)
+
+
+class PostgresMetadata(SqlMetadata):
+    """The metadata in a PostgreSQL database, shared by every replica that names it."""
+
+    GREATEST = "GREATEST"
+    NO_INDEX = ""
+
+    def __init__(
+        self,
+        url: str,
+        worker: Worker,
+        clock: Callable[[], float] = time.time,
+        max_connections: int = 8,
+        pool_timeout: float = POOL_TIMEOUT,
+    ) -> None:
+        super().__init__(worker, clock)
+        check_url(url)
+        self.url = url
+        self.where = redact(url)
+        self._pool_timeout = pool_timeout
+        self.migrated = False
+        self._pool = psycopg_pool.ConnectionPool(
+            url,
+            min_size=1,
+            max_size=max_connections,
+            open=False,
+            timeout=pool_timeout,
+            # Keep trying for as long as trow runs: the database may be down for a while.
+            reconnect_timeout=24 * 3600.0,
+            kwargs={"connect_timeout": CONNECT_TIMEOUT, "autocommit": True},
+            configure=self._configure,
+            check=psycopg_pool.ConnectionPool.check_connection,
+            name="trow-db",
+        )
+
+    @staticmethod
+    def _configure(conn: psycopg.Connection[Any]) -> None:
+        conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
+        conn.execute("SET lock_timeout = 5000")
+
+    # -- life cycle -------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Start the pool; it connects in the background and reconnects by itself."""
+        self._pool.open(wait=False)
+
+    def close(self) -> None:
+        """Close every connection (at service stop)."""
+        self._pool.close(timeout=5.0)
+
+    def migrate_sync(self) -> int:
+        """Bring the schema to this code's version under the migration lock; return the version
+        found. Blocking: on a worker, or at start-up. Raises L{SchemaTooNew}, or
+        L{MetadataUnavailable} when the database cannot be reached."""
+        try:
+            with psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT, autocommit=True) as conn:
+                # Session lock: held across the migrations' own transactions, dropped with the
+                # connection however this process ends.
+                conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+                conn.execute("CREATE TABLE IF NOT EXISTS trow_schema (version INTEGER NOT NULL)")
+                row = conn.execute("SELECT max(version) FROM trow_schema").fetchone()
+                found = int(row[0]) if row and row[0] is not None else 0
+                if found > SCHEMA_VERSION:
+                    raise SchemaTooNew(
+                        f"the database {self.where} has trow schema version {found}, newer than this trow's "
+                        f"{SCHEMA_VERSION}: run a trow at least as new as the one that migrated it"
+                    )
+                for version, statements in MIGRATIONS:
+                    if version <= found:
+                        continue
+                    with conn.transaction():
+                        for statement in statements:
+                            conn.execute(statement)
+                        conn.execute("INSERT INTO trow_schema (version) VALUES (%s)", (version,))
+                    _log.info("database {where}: schema migrated to version {version}", where=self.where, version=version)
+                conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+        except _UNAVAILABLE as e:
+            raise MetadataUnavailable(f"the database {self.where} is unreachable: {_reason(e)}") from None
+        self.migrated = True
+        return found
+
+    def migrate(self) -> "Deferred[int]":
+        """L{migrate_sync} on the worker."""
+        return self._worker.run(self.migrate_sync)
+
+    # -- calls ------------------------------------------------------------------------------------
+
+    def _run(self, f: Callable[[_PgConnection], T], write: bool, undo: Callable[[], None] | None) -> T:
+        if not self.migrated:
+            raise MetadataUnavailable(f"the database {self.where} is not ready yet (trow is still connecting to it)")
+        try:
+            with self._pool.connection(timeout=self._pool_timeout) as conn:
+                if not write:
+                    return f(_PgConnection(conn))
+                try:
+                    with conn.transaction():
+                        return f(_PgConnection(conn))
+                except BaseException:
+                    if undo is not None:
+                        undo()
+                    raise
+        except _UNAVAILABLE as e:
+            raise MetadataUnavailable(f"the database {self.where} is unavailable: {_reason(e)}") from None
+
+    def _call(self, f: Callable[[Any], T], write: bool, undo: Callable[[], None] | None) -> "Deferred[T]":
+        def call() -> T:
+            return self._run(f, write, undo)
+
+        # Named after the work it wraps: what a thread dump, or a test stepping the worker, sees.
+        call.__name__ = getattr(f, "__name__", "call")
+        return self._worker.run(call)
+
+    def _read(self, f: Callable[[Any], T]) -> "Deferred[T]":
+        return self._call(f, False, None)
+
+    def _write(self, f: Callable[[Any], T], undo: Callable[[], None] | None = None) -> "Deferred[T]":
+        return self._call(f, True, undo)
+
+    def _lock(self, c: Any, digests: Iterable[str]) -> None:
+        # In the order given (sorted by the callers): two transactions never wait on each other
+        # in a cycle.
+        wanted = list(digests)
+        if wanted:
+            c.execute(
+                "SELECT pg_advisory_xact_lock(k) FROM (SELECT hashtextextended(d, ?) AS k "
+                "FROM unnest(?::text[]) WITH ORDINALITY AS t(d, i) ORDER BY i) AS s",
+                (DIGEST_SEED, wanted),
+            ).fetchall()
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__

@@ -58,12 +58,33 @@ def test_each_data_dir_gets_its_own_random_key(tmp_path: Path) -> None:
 
 
 def test_leftover_temporary_key_files_are_removed(tmp_path: Path) -> None:
-    """A crash mid-creation leaves token.key.<random>: removed, and a whole key is made."""
+    """A crash mid-creation leaves token.key.<random>: removed once it is old (a young one may be
+    a peer replica's creation in progress, and is left alone), and a whole key is made."""
     (tmp_path / "auth").mkdir()
     (tmp_path / "auth" / "token.key.0123abcd").write_bytes(b"half")
+    (tmp_path / "auth" / "token.key.young").write_bytes(b"peer")
+    os.utime(tmp_path / "auth" / "token.key.0123abcd", (1, 1))
     key = load_or_create_key(str(tmp_path))
-    assert os.listdir(tmp_path / "auth") == ["token.key"]
+    assert sorted(os.listdir(tmp_path / "auth")) == ["token.key", "token.key.young"]
     assert len(key) >= 32
+
+
+def test_replicas_creating_the_key_at_once_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two replicas on one shared data dir create the key at the same moment: the second finds
+    the first's key linked in place and uses it, instead of replacing it with its own."""
+    real_link = os.link
+    first: list[bytes] = []
+
+    def link_after_a_peer(source: str, target: str) -> None:
+        # A peer wins the race just before this process links its own key.
+        first.append(b"peer-key-" + b"x" * 40)
+        (tmp_path / "auth" / "token.key").write_bytes(first[0] + b"\n")
+        real_link(source, target)
+
+    monkeypatch.setattr(os, "link", link_after_a_peer)
+    key = load_or_create_key(str(tmp_path))
+    assert key == first[0]
+    assert os.listdir(tmp_path / "auth") == ["token.key"]
 
 
 def test_a_short_key_file_is_refused(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ import base64
 import datetime
 import os
 import secrets
+import time
 from typing import Any, Callable, Sequence
 
 import attrs
@@ -42,6 +43,8 @@ ALGORITHM = "HS256"
 MIN_KEY_BYTES = 32
 KEY_DIR = "auth"
 KEY_FILE = "token.key"
+# A token.key.<random> older than this is a leftover of a crash, not a creation in progress.
+_LEFTOVER_AGE = 60.0
 _CLAIMS = ("iss", "aud", "sub", "iat", "nbf", "exp", "jti", "access")
 
 
@@ -57,7 +60,9 @@ def load_or_create_key(data_dir: str) -> bytes:
 
     This is the only disk write of the auth package. It runs once at start-up, before the
     reactor, so it may block. Creation is crash-safe: the key is written to a temporary file,
-    fsynced, and renamed into place, so the file either does not exist or holds a whole key.
+    fsynced, and linked into place, so the file either does not exist or holds a whole key.
+    A link, not a rename: it fails if the key exists, so replicas starting at once on one shared
+    data dir all end up with the one key that was linked first, never each with its own.
     """
     directory = os.path.join(data_dir, KEY_DIR)
     path = os.path.join(directory, KEY_FILE)
@@ -65,7 +70,13 @@ def load_or_create_key(data_dir: str) -> bytes:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         for name in os.listdir(directory):
             if name.startswith(KEY_FILE + "."):
-                os.unlink(os.path.join(directory, name))  # a creation a crash interrupted
+                leftover = os.path.join(directory, name)
+                # A creation a crash interrupted (a young one may be a peer's, still running).
+                try:
+                    if time.time() - os.stat(leftover).st_mtime > _LEFTOVER_AGE:
+                        os.unlink(leftover)
+                except FileNotFoundError:
+                    pass
         if os.path.exists(path):
             return _read_key_file(path)
         key = base64.urlsafe_b64encode(secrets.token_bytes(48))
@@ -76,7 +87,13 @@ def load_or_create_key(data_dir: str) -> bytes:
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
-        os.rename(temporary, path)
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            # Another replica made the key first: use that one.
+            return _read_key_file(path)
+        finally:
+            os.unlink(temporary)
         directory_fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(directory_fd)

@@ -29,8 +29,10 @@ from trow.registry.access import AccessTracker
 from trow.registry.gc import Collector, GarbageCollector, PassResult
 from trow.registry.service import Registry
 from trow.storage.blobs import BlobStore
-from trow.storage.lock import lock_data_dir
-from trow.storage.metadata import Metadata
+from trow.replicas import ReplicaSet, new_replica_id
+from trow.storage.lock import lock_data_dir, mark_shared
+from trow.storage.metadata import Metadata, MetadataUnavailable
+from trow.storage.postgres import PostgresMetadata
 from trow.storage.sqlite import SqliteMetadata
 from trow.storage.uploads import UploadFiles
 from trow.webhook.rules import Mutator, Validator
@@ -38,6 +40,9 @@ from trow.webhook.tls import reloading_ssl_endpoint
 from trow.workers import ThreadWorker, Worker
 
 _log = Logger()
+
+# Connections to PostgreSQL per replica, and threads of the db pool that use them.
+DB_CONNECTIONS = 8
 
 
 @attrs.define
@@ -50,7 +55,7 @@ class Stores:
 
 
 def open_stores(data_dir: str, disk: Worker, db: Worker) -> Stores:
-    """Open (creating if needed) the stores of C{data_dir}."""
+    """Open (creating if needed) the stores of C{data_dir}, with the metadata in its sqlite file."""
     os.makedirs(data_dir, exist_ok=True)
     blobs = BlobStore(data_dir, disk)
     return Stores(
@@ -60,17 +65,36 @@ def open_stores(data_dir: str, disk: Worker, db: Worker) -> Stores:
     )
 
 
+def open_shared_stores(data_dir: str, database: str, replica_id: str, disk: Worker, db: Worker) -> Stores:
+    """Open the stores of one replica among several: blobs and uploads on the shared C{data_dir}
+    (temp files in a scratch dir of this replica's), metadata in PostgreSQL. The schema is
+    migrated now if the database answers (a schema newer than this code stops start-up here);
+    otherwise the L{ReplicaSet} keeps trying while trow serves 503s."""
+    os.makedirs(data_dir, exist_ok=True)
+    metadata = PostgresMetadata(database, db, max_connections=DB_CONNECTIONS)
+    mark_shared(data_dir, metadata.where)
+    blobs = BlobStore(data_dir, disk, scratch=replica_id)
+    metadata.open()
+    try:
+        metadata.migrate_sync()
+    except MetadataUnavailable as e:
+        _log.warn("{reason}; trow starts and keeps trying", reason=str(e))
+    return Stores(blobs=blobs, uploads=UploadFiles(data_dir, blobs, disk), metadata=metadata)
+
+
 def recover(stores: Stores) -> dict[str, int]:
-    """Clean what a crash left behind. Runs once at start-up, before any listener exists."""
+    """Clean what a crash left behind. Runs once at start-up, before any listener exists. On a
+    shared data dir only this replica's (new) scratch dir is emptied: the leftovers of dead peers
+    are the L{ReplicaSet}'s to remove, by age."""
     tmp = stores.blobs.clean_tmp()
-    assert isinstance(stores.metadata, SqliteMetadata)
-    known = stores.metadata.upload_ids_sync()
-    orphans = stores.uploads.remove_orphans(known)
+    orphans = 0
+    if isinstance(stores.metadata, SqliteMetadata):
+        orphans = stores.uploads.remove_orphans(stores.metadata.upload_ids_sync())
     return {"tmp": tmp, "orphan_uploads": orphans}
 
 
 class _CloseMetadata(Service):
-    """Closes the sqlite connection after everything else has stopped."""
+    """Closes the metadata's connections after everything else has stopped."""
 
     def __init__(self, metadata: Metadata) -> None:
         self._metadata = metadata
@@ -112,12 +136,14 @@ def add_gc(
     fetcher: Fetcher,
     tracker: AccessTracker,
     metrics: Metrics,
+    replicas: "ReplicaSet | None" = None,
 ) -> None:
     """The garbage collector (the gc: section and max_size), fed the read times of C{tracker}."""
 
     def in_use(digest: str) -> bool:
-        # Streamed or looked up right now, or still downloading: never deleted under a client.
-        return registry.reading[digest] > 0 or digest in fetcher.downloads
+        # Streamed or looked up right now, or still downloading, here or on a peer replica:
+        # never deleted under a client.
+        return registry.reading[digest] > 0 or digest in fetcher.downloads or (replicas is not None and replicas.in_use(digest))
 
     def observe(result: PassResult) -> None:
         for repo, digest in result.evicted:
@@ -181,13 +207,19 @@ class SequentialMultiService(MultiService):
 def build_service(settings: Any, reactor: Any) -> MultiService:
     """The whole trow process as one service tree."""
     root = SequentialMultiService()
-    # Two trow processes on one data dir would corrupt each other's view of it: refuse the second
-    # (and `python -m trow gc` while a server runs). Held until the process exits.
-    root.data_dir_lock = lock_data_dir(settings.data_dir)  # type: ignore[attr-defined]
     metrics = Metrics(clock=reactor, process=True)
     disk = ThreadWorker(reactor, "trow-disk", max_threads=4)
-    db = ThreadWorker(reactor, "trow-db", max_threads=1)
-    stores = open_stores(settings.data_dir, disk, db)
+    replica_id = new_replica_id() if settings.database else None
+    if settings.database and replica_id:
+        # Many replicas share this data dir: no lock; each writes in its own scratch dir.
+        db = ThreadWorker(reactor, "trow-db", max_threads=DB_CONNECTIONS)
+        stores = open_shared_stores(settings.data_dir, settings.database, replica_id, disk, db)
+    else:
+        # Two trow processes on one sqlite data dir would corrupt each other's view of it: refuse
+        # the second (and `python -m trow gc` while a server runs). Held until the process exits.
+        root.data_dir_lock = lock_data_dir(settings.data_dir)  # type: ignore[attr-defined]
+        db = ThreadWorker(reactor, "trow-db", max_threads=1)
+        stores = open_stores(settings.data_dir, disk, db)
     # Stopped last (services stop in reverse order): the db closes after the pools drained.
     _CloseMetadata(stores.metadata).setServiceParent(root)
     disk.setServiceParent(root)
@@ -199,12 +231,32 @@ def build_service(settings: Any, reactor: Any) -> MultiService:
         tmp=cleaned["tmp"],
         orphans=cleaned["orphan_uploads"],
     )
-    registry = Registry(stores.blobs, stores.uploads, stores.metadata, settings.config.limits.max_manifest_size)
+    registry = Registry(
+        stores.blobs,
+        stores.uploads,
+        stores.metadata,
+        settings.config.limits.max_manifest_size,
+        shared=settings.database is not None,
+    )
     tracker = AccessTracker(stores.metadata, reactor)
     proxy = build_proxy(registry, settings.config.registry_proxies, reactor, settings.hostname, metrics, tracker)
+    replicas: ReplicaSet | None = None
+    if isinstance(stores.metadata, PostgresMetadata) and replica_id and settings.peer_url:
+        fetcher = proxy.fetcher
+        replicas = ReplicaSet(
+            stores.metadata,
+            stores.blobs,
+            stores.uploads,
+            reactor,
+            replica_id,
+            settings.peer_url,
+            busy=lambda: set(registry.reading) | set(fetcher.downloads),
+            on_fatal=lambda _: reactor.stop(),
+        )
+        replicas.setServiceParent(root)
     # Stopped after the listeners and downloads, before the workers they run on.
     tracker.setServiceParent(root)
-    add_gc(root, settings, reactor, stores, registry, proxy.fetcher, tracker, metrics)
+    add_gc(root, settings, reactor, stores, registry, proxy.fetcher, tracker, metrics, replicas)
     _UpstreamPool(proxy).setServiceParent(root)
     limits = settings.config.limits
     # bcrypt on a pool of its own: a flood of logins must not queue ahead of fsyncs and hashing.
@@ -226,6 +278,7 @@ def build_service(settings: Any, reactor: Any) -> MultiService:
     uploads = UploadSlots(limits.max_concurrent_uploads, metrics)
     # One site per listener, so that max_connections counts per listener; the upload slots are
     # shared, as the disk is.
+    first_listener: Any = None
     for description in settings.listen:
         site = TrowSite(
             resource,
@@ -237,7 +290,11 @@ def build_service(settings: Any, reactor: Any) -> MultiService:
             reactor=reactor,
             body_guard=auth.refuse_body if auth.enabled else None,
         )
-        strports.service(description, site, reactor=reactor).setServiceParent(root)
+        listener = strports.service(description, site, reactor=reactor)
+        listener.setServiceParent(root)
+        first_listener = first_listener or listener
+    if replicas is not None:
+        replicas.resolve_port = lambda: bound_port(first_listener)
     if settings.webhook_listen:
         add_webhook(root, settings, reactor, metrics)
     if settings.metrics_listen:
@@ -245,6 +302,14 @@ def build_service(settings: Any, reactor: Any) -> MultiService:
     listeners = len(settings.listen) + len(settings.webhook_listen) + (1 if settings.metrics_listen else 0)
     ensure_fd_headroom(limits.max_connections * listeners)
     return root
+
+
+def bound_port(listener: Any) -> int | None:
+    """The port a started strports listener is bound to (for --listen tcp:0), or None."""
+    # StreamServerEndpointService keeps the listen() Deferred; once fired it holds the port.
+    port: Any = getattr(getattr(listener, "_waitingForPort", None), "result", None)
+    host = port.getHost() if hasattr(port, "getHost") else None
+    return getattr(host, "port", None)
 
 
 def add_metrics(root: MultiService, settings: Any, reactor: Any, metrics: Metrics) -> None:

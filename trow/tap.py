@@ -19,6 +19,8 @@ from trow.auth.service import check_settings
 from trow.auth.users import AuthSetupError, read_secret
 from trow.config import Config, ConfigError, config_summary, load_config
 from trow.storage.lock import DataDirLocked
+from trow.storage.postgres import SchemaTooNew
+from trow.storage.sqlite import SchemaTooNew as SqliteSchemaTooNew
 from trow.logs import LogFormatError, use_log_format
 
 
@@ -36,6 +38,10 @@ class Settings:
     user: str | None = None
     password: str | None = attrs.field(default=None, repr=False)
     htpasswd: str | None = None
+    # --database: PostgreSQL for metadata, shared by the replicas on one data dir; --peer-url:
+    # how those replicas reach this one.
+    database: str | None = attrs.field(default=None, repr=False)
+    peer_url: str | None = None
 
 
 def fail(message: str) -> NoReturn:
@@ -66,6 +72,75 @@ def _check_webhook_endpoint(description: str) -> None:
         fail(f"--webhook-listen: {e}")
     if endpoint is None:
         _check_endpoint(description, "--webhook-listen")
+
+
+def _check_database(url: str) -> None:
+    from trow.storage.postgres import DatabaseURLError, check_url
+
+    try:
+        check_url(url)
+    except DatabaseURLError as e:
+        fail(str(e))
+
+
+def _check_peer_url(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        fail(f"--peer-url {url!r} must be an http:// or https:// URL with a host, e.g. http://10.1.2.3:8000")
+    try:
+        parts.port
+    except ValueError:
+        fail(f"--peer-url {url!r} has an invalid port")
+    return url.rstrip("/")
+
+
+def default_peer_url(listen: tuple[str, ...]) -> str:
+    """How other replicas reach this one when --peer-url is not given: the interface and port of
+    the first --listen when it names an address, else this host's first non-loopback address (the
+    pod IP) with that port."""
+    import ipaddress
+
+    from twisted.internet import endpoints, reactor
+
+    description = listen[0]
+    scheme = "https" if description.startswith("ssl:") else "http"
+    endpoint = endpoints.serverFromString(reactor, description)
+    port = getattr(endpoint, "_port", 8000)
+    interface = getattr(endpoint, "_interface", "") or ""
+    try:
+        wildcard = not interface or ipaddress.ip_address(interface).is_unspecified
+    except ValueError:
+        wildcard = False
+    if wildcard:
+        interface = _first_address()
+    host = f"[{interface}]" if ":" in interface else interface
+    return f"{scheme}://{host}:{port}"
+
+
+def _first_address() -> str:
+    """This host's first non-loopback address: the one a UDP socket towards a routable address
+    would use (nothing is sent), else what the host name resolves to."""
+    import socket
+
+    for family, target in ((socket.AF_INET, "192.0.2.1"), (socket.AF_INET6, "2001:db8::1")):
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                probe.connect((target, 9))
+                address = str(probe.getsockname()[0])
+            if not address.startswith("127.") and address != "::1":
+                return address
+        except OSError:
+            continue
+    try:
+        for info in socket.getaddrinfo(socket.gethostname(), None):
+            address = str(info[4][0])
+            if not address.startswith("127.") and address != "::1":
+                return address
+    except OSError:
+        pass
+    return "127.0.0.1"
 
 
 def _check_ca_files(config: Config) -> None:
@@ -127,6 +202,13 @@ class Options(usage.Options):
         ["user", None, None, "Single user name (Trow-compatible)."],
         ["password", None, None, "Password of --user; may be file:///path."],
         ["htpasswd", None, None, "bcrypt htpasswd file with many users."],
+        [
+            "database",
+            None,
+            None,
+            "PostgreSQL URL (libpq) for metadata: several replicas then share one --data-dir. Default: sqlite in the data dir.",
+        ],
+        ["peer-url", None, None, "URL the other replicas reach this one at (with --database)."],
     ]
     optFlags = [
         ["dry-run", None, "Validate options and config, print the effective settings, exit."],
@@ -172,6 +254,16 @@ class Options(usage.Options):
                 config = load_config(self["config"])
             except ConfigError as e:
                 fail(f"bad config: {e}")
+        database: str | None = self["database"]
+        peer_url: str | None = None
+        if database is not None:
+            _check_database(database)
+        if self["peer-url"] is not None:
+            if database is None:
+                fail("--peer-url is for replicas sharing a --database; give --database too")
+            peer_url = _check_peer_url(self["peer-url"])
+        elif database is not None:
+            peer_url = default_peer_url(listen)
         if bool(self["user"]) != bool(self["password"]):
             fail("--user and --password go together")
         if self["htpasswd"] and not os.path.isfile(self["htpasswd"]):
@@ -199,6 +291,8 @@ class Options(usage.Options):
             user=self["user"],
             password=password,
             htpasswd=self["htpasswd"],
+            database=database,
+            peer_url=peer_url,
         )
         if self["dry-run"]:
             summary = {
@@ -211,11 +305,19 @@ class Options(usage.Options):
                 "log_format": self["log-format"],
                 "user": self["user"],
                 "htpasswd": self["htpasswd"],
+                "database": _redacted(database),
+                "peer_url": peer_url,
                 "config": config_summary(config),
             }
             sys.stdout.write(json.dumps(summary, indent=2) + "\n")
             sys.stdout.flush()
             raise SystemExit(0)
+
+
+def _redacted(url: str | None) -> str | None:
+    from trow.storage.postgres import redact
+
+    return None if url is None else redact(url)
 
 
 def makeService(options: Options) -> IService:
@@ -226,5 +328,5 @@ def makeService(options: Options) -> IService:
 
     try:
         return build_service(options.settings, reactor)
-    except (AuthSetupError, DataDirLocked) as e:
+    except (AuthSetupError, DataDirLocked, SchemaTooNew, SqliteSchemaTooNew) as e:
         fail(str(e))

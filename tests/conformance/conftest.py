@@ -7,6 +7,9 @@ test against both:
 
 - C{memory}: a trow built by L{tests.unit.harness.make_trow} on a fresh data dir, driven through
   the harness's StubTreq client. Always runs. Bodies always travel with a Content-Length.
+- C{replicas}: three real C{twistd -n trow} replicas on one PostgreSQL database and one data dir,
+  each request of a test sent to the next replica in turn: every workflow (a chunked upload's
+  POST, PATCHes and PUT, a tag pushed on one and read on another, a delete) crosses replicas.
 - C{live}: a running registry at C{TROW_CONFORMANCE_URL} (for example
   C{http://127.0.0.1:8000}), or else a real C{twistd -n trow} process started for the session,
   spoken to with C{http.client}.
@@ -239,6 +242,29 @@ class LiveTarget:
         except BaseException:
             self.close()
             raise
+
+
+class RoundRobinTarget:
+    """Several replicas of one registry, each request sent to the next one in turn."""
+
+    name = "replicas"
+    supports_chunked = True
+    sees_framing_headers = True
+
+    def __init__(self, urls: Sequence[str]) -> None:
+        self._targets = [LiveTarget(url) for url in urls]
+        self._next = 0
+
+    def close(self) -> None:
+        for target in self._targets:
+            target.close()
+
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: Headers | None = None, *, chunked: bool = False
+    ) -> Reply:
+        target = self._targets[self._next % len(self._targets)]
+        self._next += 1
+        return target.request(method, path, body, headers, chunked=chunked)
 
 
 # ------------------------------------------------------------------------------------------
@@ -553,9 +579,32 @@ def live_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         process.close()
 
 
-@pytest.fixture(params=["memory", "live"])
+@pytest.fixture(scope="session")
+def replica_urls(tmp_path_factory: pytest.TempPathFactory, postgres: Any) -> Iterator[list[str]]:
+    """Three real trow replicas sharing one PostgreSQL database and one data dir."""
+    from tests.integration.conftest import TrowProcess
+
+    database = postgres.fresh_database()
+    shared = tmp_path_factory.mktemp("conformance-replicas")
+    processes = [
+        TrowProcess(shared / f"replica{i}", data_dir=shared / "data", extra_args=["--database", database])
+        for i in range(3)
+    ]
+    try:
+        for process in processes:
+            process.start()
+        yield [f"http://127.0.0.1:{process.port}" for process in processes]
+        for process in processes:
+            process.stop_cleanly()
+    finally:
+        for process in processes:
+            process.close()
+
+
+@pytest.fixture(params=["memory", "replicas", "live"])
 def target(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Target]:
-    """The registry under test: the in-memory trow, then the live one if configured."""
+    """The registry under test: the in-memory trow, three replicas taking turns, then the live
+    one if configured."""
     if request.param == "memory":
         # These tests check the protocol, not durability: on tmpfs, trow's fsyncs cost nothing,
         # and on a busy disk they are most of the run time.
@@ -568,6 +617,13 @@ def target(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Target]:
             trow.stores.metadata.close()
             if base != str(tmp_path):
                 shutil.rmtree(base, ignore_errors=True)
+        return
+    if request.param == "replicas":
+        replicas = RoundRobinTarget(request.getfixturevalue("replica_urls"))
+        try:
+            yield replicas
+        finally:
+            replicas.close()
         return
     live = LiveTarget(request.getfixturevalue("live_url"))
     try:

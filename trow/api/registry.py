@@ -36,6 +36,7 @@ from trow.api.http import (
 )
 from trow.auth.service import Authenticator, Identity
 from trow.registry.errors import RegistryError
+from trow.storage.metadata import MetadataUnavailable
 from trow.registry.service import CHUNK_MIN_LENGTH, BlobCreated, Page, Registry, UploadStarted
 from trow.storage.reader import FileRangeProducer
 
@@ -177,6 +178,9 @@ class RegistryAPI:
                 return await handler(request, **kwargs)
             except RegistryError as e:
                 return send_error(request, e)
+            except MetadataUnavailable as e:
+                # PostgreSQL down or restarting: a clear, retryable answer, never a 500 or a hang.
+                return send_error(request, RegistryError("UNAVAILABLE", str(e), status=503, headers={"Retry-After": "5"}))
 
         return shielded(run)
 
@@ -212,7 +216,7 @@ class RegistryAPI:
     @app.route("/readiness", methods=["GET", "HEAD"])
     def readiness(self, request: IRequest) -> Any:
         request.trow_route = "readiness"  # type: ignore[attr-defined]
-        return health.readiness(request, self.registry.blobs)
+        return health.readiness(request, self.registry.blobs, self.registry.metadata)
 
     # -- manifests --------------------------------------------------------------------------
 

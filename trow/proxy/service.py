@@ -122,7 +122,7 @@ class ProxyRegistry:
             except RegistryError as e:
                 if e.code != "MANIFEST_UNKNOWN":
                     raise
-                if await self.local.metadata.get_manifest(name, str(digest)):
+                if await self.local.has_manifest(name, str(digest)):
                     # Stored after all: by a concurrent pull of the same digest since we looked
                     # (then this answers it), or cached but not acceptable to this client (then
                     # that answer stands).
@@ -144,8 +144,8 @@ class ProxyRegistry:
         try:
             head = await self.upstream.head_manifest(proxied, reference)
             known = _digest_or_none(head.digest)
-            if known is not None and await self.local.metadata.get_manifest(name, str(known)):
-                await self.local.metadata.put_tag(name, reference, str(known))
+            if known is not None and await self.local.has_manifest(name, str(known)):
+                await self.local.tag_manifest(name, reference, str(known))
                 return self._tag_served(name, await self.local.get_manifest(name, str(known), accept), True)
             await self._fetch_manifest(proxied, str(known) if known else reference, known, tag=reference)
         except (UpstreamUnavailable, UpstreamStatus) as e:
@@ -194,12 +194,12 @@ class ProxyRegistry:
         digest = Digest.parse(reference)
         size = self.local.blobs.size(digest)
         if size is not None:
-            if not await self.local.metadata.blob_linked(name, str(digest)):
+            if not await self.local.blob_linked(name, str(digest)):
                 # The bytes are here, but they may belong to a private repository (pushed, or
                 # cached from another upstream with credentials): only the upstream can say this
                 # repository has them. One HEAD instead of a download, when it does.
                 await self._confirm_upstream(proxied, name, digest)
-                await self.local.metadata.link_blob(name, str(digest))
+                await self.local.link_blob(name, str(digest))
             self._served(name, digest, "blob", True)
             return self.local.stored_source(digest, size)
         if self.offline:

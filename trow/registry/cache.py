@@ -1,4 +1,4 @@
-"""An in-memory LRU of manifests by (repository, digest).
+"""In-memory LRUs: manifests by (repository, digest), and blob links seen lately.
 
 Content under a digest never changes, so an entry stays right until the manifest is deleted, which
 L{trow.registry.service.Registry} reports here. Serving a cached manifest by digest then costs no
@@ -42,3 +42,25 @@ class ManifestCache:
         dropped = self._entries.pop((repo, digest), None)
         if dropped is not None:
             self._size -= len(dropped.content)
+
+
+class LinkMemo:
+    """(repository, digest) links this process confirmed lately, at most C{size}: what it can
+    still answer while the metadata store cannot be reached. Never used while it can."""
+
+    def __init__(self, size: int = 100_000) -> None:
+        self._size = size
+        self._entries: OrderedDict[tuple[str, str], None] = OrderedDict()
+
+    def add(self, repo: str, digest: str) -> None:
+        key = (repo, digest)
+        self._entries[key] = None
+        self._entries.move_to_end(key)
+        if len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+
+    def has(self, repo: str, digest: str) -> bool:
+        return (repo, digest) in self._entries
+
+    def discard_repo_digest(self, repo: str, digest: str) -> None:
+        self._entries.pop((repo, digest), None)

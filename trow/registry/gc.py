@@ -61,6 +61,14 @@ checked.
 
 The one-shot command (L{trow.gccli}) holds the data dir's lock, so no server runs beside it: it
 passes C{settle=0} and walks every time.
+
+Replicas on one PostgreSQL database and one shared data dir (C{--database}) run the same passes,
+one at a time across the set (L{Metadata.gc_try_lock}, an advisory lock). The serialisation point
+is then each digest's transaction lock (L{trow.storage.sql.SqlMetadata._lock}) instead of the one
+db thread: doom, release and every link of a digest take it, and every replica installs the
+restore hook, so a link on any replica puts back a file that any replica's pass moved aside. The
+files aside stay on the shared volume, in the pass's replica's scratch dir. C{in_use} covers the
+digests every live replica reports in its heartbeat (L{trow.replicas.ReplicaSet}).
 """
 
 from __future__ import annotations
@@ -502,6 +510,8 @@ class GarbageCollector(Service):
         # The last few results, and how many passes failed (for a metrics gauge or counter).
         self.results: list[PassResult] = []
         self.failures = 0
+        # Passes not run because another replica was running one.
+        self.skipped = 0
 
     def startService(self) -> None:
         super().startService()
@@ -537,10 +547,19 @@ class GarbageCollector(Service):
 
     async def _pass(self) -> PassResult | None:
         started = self._clock.seconds()
+        metadata = self.collector.metadata
         try:
             if self._tracker is not None:
                 await self._tracker.flush()
-            result = await self.collector.run()
+            # Replicas on one database run one pass at a time between them: the others skip.
+            if not await metadata.gc_try_lock():
+                self.skipped += 1
+                _log.debug("another replica is collecting garbage; skipping this pass")
+                return None
+            try:
+                result = await self.collector.run()
+            finally:
+                await metadata.gc_unlock()
         except Exception:
             self.failures += 1
             _log.failure("garbage collection pass failed; the next one runs as planned")

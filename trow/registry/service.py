@@ -17,12 +17,12 @@ import attrs
 from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.interfaces import IConsumer
 
-from trow.registry.cache import ManifestCache
+from trow.registry.cache import LinkMemo, ManifestCache
 from trow.registry.errors import RegistryError
 from trow.registry.manifests import OCI_INDEX, ParsedManifest, accepts, parse_manifest
 from trow.registry.names import Digest, check_name, check_tag, is_digest, is_tag
 from trow.storage.blobs import BlobStore, SpooledBody
-from trow.storage.metadata import ManifestRecord, Metadata
+from trow.storage.metadata import ManifestRecord, Metadata, MetadataUnavailable
 from trow.storage.reader import FileRangeProducer
 from trow.storage.uploads import UploadFiles
 
@@ -154,13 +154,20 @@ def page_size(n: str | None, default: int | None) -> int | None:
 class Registry:
     """OCI distribution rules for repositories stored in this registry."""
 
-    def __init__(self, blobs: BlobStore, uploads: UploadFiles, metadata: Metadata, max_manifest_size: int) -> None:
+    def __init__(
+        self, blobs: BlobStore, uploads: UploadFiles, metadata: Metadata, max_manifest_size: int, shared: bool = False
+    ) -> None:
         self.blobs = blobs
         self.uploads = uploads
         self.metadata = metadata
         self.max_manifest_size = max_manifest_size
+        # shared: other replicas write the same metadata, so nothing this process remembers can
+        # answer whether a manifest or a link exists (a delete there must be seen here at once);
+        # the memories below then only hold immutable content, and serve during a database outage.
+        self.shared = shared
         self._upload_locks: dict[str, DeferredLock] = {}
         self._cache = ManifestCache()
+        self._links = LinkMemo()
         # Blobs being looked up or streamed right now, by digest: garbage collection keeps them.
         self.reading: Counter[str] = Counter()
 
@@ -187,9 +194,17 @@ class Registry:
 
     async def get_manifest(self, repo: str, reference: str, accept: list[str]) -> Manifest:
         """The manifest for a tag or digest, byte-exact, if the client accepts its media type."""
-        manifest = self._cache.get(repo, reference) if is_digest(reference) else None
+        by_digest = is_digest(reference)
+        manifest = self._cache.get(repo, reference) if by_digest and not self.shared else None
         if manifest is None:
-            record = await self._find_manifest(repo, reference)
+            try:
+                record = await self._find_manifest(repo, reference)
+            except MetadataUnavailable:
+                # The database is down: a manifest this replica served by digest still stands.
+                manifest = self._cache.get(repo, reference) if by_digest else None
+                if manifest is None:
+                    raise
+                record = manifest.record
             manifest = self._cache.get(repo, record.digest)
             if manifest is None:
                 content = await self.blobs.read_bytes(Digest.parse(record.digest))
@@ -204,6 +219,14 @@ class Registry:
                 {"mediaType": manifest.record.media_type},
             )
         return manifest
+
+    async def has_manifest(self, repo: str, digest: str) -> bool:
+        """Is the manifest C{digest} stored in C{repo}?"""
+        return await self.metadata.get_manifest(repo, digest) is not None
+
+    async def tag_manifest(self, repo: str, tag: str, digest: str) -> None:
+        """Point C{repo:tag} at a manifest already stored there (the cache following its upstream)."""
+        await self.metadata.put_tag(repo, tag, digest)
 
     async def blob_source(self, repo: str, reference: str) -> BlobSource:
         """Where to stream a blob visible in C{repo} from."""
@@ -226,13 +249,30 @@ class Registry:
         check_name(repo)
         digest = Digest.parse(reference)
         key = str(digest)
-        linked = await self.metadata.blob_linked(repo, key)
+        linked = await self.blob_linked(repo, key)
         if not linked:
             linked = await self.metadata.get_manifest(repo, key) is not None
         size = self.blobs.size(digest) if linked else None
         if size is None:
             raise RegistryError("BLOB_UNKNOWN", f"blob {key} is not in repository {repo}", {"digest": key})
         return digest, size
+
+    async def blob_linked(self, repo: str, digest: str) -> bool:
+        """Is the blob visible in C{repo}? While the database cannot be reached, a link this
+        replica saw lately still answers yes, so that nodes keep pulling what they pulled."""
+        try:
+            linked = await self.metadata.blob_linked(repo, digest)
+        except MetadataUnavailable:
+            if self._links.has(repo, digest):
+                return True
+            raise
+        if linked:
+            self._links.add(repo, digest)
+        return linked
+
+    async def link_blob(self, repo: str, digest: str) -> None:
+        """Make a stored blob visible in C{repo} (the cache links what it fetched or confirmed)."""
+        await self.metadata.link_blob(repo, digest)
 
     # -- push: blobs ------------------------------------------------------------------------
 
@@ -535,6 +575,7 @@ class Registry:
             digest = Digest.parse(reference)
             gone = await self.metadata.delete_manifest(repo, str(digest))
             self._cache.discard(repo, str(digest))
+            self._links.discard_repo_digest(repo, str(digest))
         else:
             check_tag(reference)
             gone = await self.metadata.delete_tag(repo, reference)
@@ -547,5 +588,6 @@ class Registry:
         """Remove a blob from C{repo}. Its bytes go when garbage collection finds them unused."""
         check_name(repo)
         digest = Digest.parse(reference)
+        self._links.discard_repo_digest(repo, str(digest))
         if not await self.metadata.unlink_blob(repo, str(digest)):
             raise RegistryError("BLOB_UNKNOWN", f"blob {digest} is not in repository {repo}", {"digest": str(digest)})

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import time
 import uuid
 from typing import IO, Any, Callable, Iterable
 
@@ -349,17 +350,41 @@ def remove_entries(directory: str, keep: frozenset[str] | set[str] = frozenset()
 class BlobStore:
     """Verified blobs stored by digest under C{blobs/}, plus the C{tmp/} area for writes."""
 
-    def __init__(self, root: str, worker: Worker) -> None:
+    def __init__(self, root: str, worker: Worker, scratch: str | None = None) -> None:
         self.root = root
         self.worker = worker
         self.blob_root = os.path.join(root, "blobs")
-        self.tmp_root = os.path.join(root, "tmp")
+        self.tmp_base = os.path.join(root, "tmp")
+        # Replicas sharing the data dir each write in a scratch dir of their own (tmp/<replica>/),
+        # so that temp names never collide and one's clean-up never touches another's work.
+        self.scratch = scratch
+        self.tmp_root = self.tmp_base if scratch is None else os.path.join(self.tmp_base, scratch)
         for path in (self.blob_root, self.tmp_root):
             os.makedirs(path, exist_ok=True)
 
     def clean_tmp(self) -> int:
-        """Remove every leftover in C{tmp/} (start-up only: nothing is in flight). Returns a count."""
+        """Remove every leftover in this process's temp dir (start-up only: nothing is in flight).
+        Returns a count."""
         return remove_entries(self.tmp_root)
+
+    def clean_dead_scratch(self, alive: set[str], older_than: float) -> int:
+        """Remove the scratch dirs (tmp/<replica>/) of replicas not in C{alive} whose contents
+        have not changed for C{older_than} seconds: what a replica that died left behind.
+        Blocking: call through the worker. Returns how many dirs went."""
+        removed = 0
+        cutoff = time.time() - older_than
+        for name in os.listdir(self.tmp_base):
+            path = os.path.join(self.tmp_base, name)
+            if name == self.scratch or name in alive or not os.path.isdir(path):
+                continue
+            try:
+                newest = max([os.stat(path).st_mtime] + [e.stat().st_mtime for e in os.scandir(path)])
+            except FileNotFoundError:
+                continue
+            if newest < cutoff:
+                shutil.rmtree(path, ignore_errors=True)
+                removed += 1
+        return removed
 
     def path(self, digest: Digest) -> str:
         """Where the blob with C{digest} lives (it may not exist)."""

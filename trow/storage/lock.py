@@ -1,4 +1,5 @@
-"""One trow process per data dir: an exclusive C{flock} on C{<data-dir>/trow.lock}.
+"""One trow process per data dir: an exclusive C{flock} on C{<data-dir>/trow.lock}; or, with
+C{--database}, many replicas on one shared data dir, which is then marked as theirs.
 
 The server takes it at start-up and the one-shot C{python -m trow gc} takes it for its run, so a
 garbage collection pass never deletes files under a server that is still linking them, and two
@@ -12,6 +13,9 @@ import fcntl
 import os
 
 LOCK_NAME = "trow.lock"
+# Present when the data dir's metadata is in PostgreSQL (replicas, or after python -m trow migrate):
+# its trow.db, if any, is stale, so a server or gc command on sqlite must not run there.
+SHARED_MARK = "trow.database"
 
 
 class DataDirLocked(Exception):
@@ -45,6 +49,12 @@ def lock_data_dir(data_dir: str) -> DataDirLock:
     cannot be created. Keep the returned object for as long as the data dir is in use.
     """
     os.makedirs(data_dir, exist_ok=True)
+    where = shared_mark(data_dir)
+    if where is not None:
+        raise DataDirLocked(
+            f"data dir {os.path.abspath(data_dir)} belongs to trow replicas whose metadata is in PostgreSQL "
+            f"({where}); start trow with --database (its garbage collection runs inside the replicas)"
+        )
     path = os.path.join(data_dir, LOCK_NAME)
     # O_CLOEXEC: child processes (none today) must not keep the lock alive after trow exits.
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -60,3 +70,28 @@ def lock_data_dir(data_dir: str) -> DataDirLock:
         os.close(fd)
         raise
     return DataDirLock(path, fd)
+
+
+def shared_mark(data_dir: str) -> str | None:
+    """Where the metadata of a shared data dir is (a redacted URL), or None for a data dir of one
+    process."""
+    try:
+        with open(os.path.join(data_dir, SHARED_MARK), encoding="utf-8") as handle:
+            return handle.read().strip() or "PostgreSQL"
+    except FileNotFoundError:
+        return None
+
+
+def mark_shared(data_dir: str, where: str) -> None:
+    """Mark C{data_dir} as the shared volume of replicas whose metadata is at C{where} (a URL
+    without its password). Written whole or not at all; rewriting it is harmless."""
+    os.makedirs(data_dir, exist_ok=True)
+    path = os.path.join(data_dir, SHARED_MARK)
+    if shared_mark(data_dir) == where:
+        return
+    temporary = f"{path}.{os.getpid()}"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(where + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)

@@ -128,7 +128,21 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         ],
     ),
 ]
+MIGRATIONS.append(
+    (
+        2,
+        [
+            # The replicas sharing this database: heartbeats (database time), how to reach each,
+            # and the digests each is reading or downloading now (kept by garbage collection).
+            f"""CREATE TABLE replicas (
+                id {TEXT} PRIMARY KEY, peer_url TEXT NOT NULL, started {TIME} NOT NULL, seen {TIME} NOT NULL,
+                busy TEXT[] NOT NULL DEFAULT '{{}}')""",
+        ],
+    )
+)
 SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+_NOW = "extract(epoch from clock_timestamp())"
 
 
 class DatabaseURLError(ValueError):
@@ -217,6 +231,7 @@ class PostgresMetadata(SqlMetadata):
         self.where = redact(url)
         self._pool_timeout = pool_timeout
         self.migrated = False
+        self._gc_conn: psycopg.Connection[Any] | None = None
         self._pool = psycopg_pool.ConnectionPool(
             url,
             min_size=1,
@@ -313,6 +328,78 @@ class PostgresMetadata(SqlMetadata):
 
     def _write(self, f: Callable[[Any], T], undo: Callable[[], None] | None = None) -> "Deferred[T]":
         return self._call(f, True, undo)
+
+    # -- the set of replicas ----------------------------------------------------------------------
+
+    def replica_beat(
+        self, replica: str, peer_url: str, busy: Iterable[str], dead_after: float
+    ) -> "Deferred[list[tuple[str, str, list[str]]]]":
+        """Record that C{replica} is alive (database time) and what it is reading; return every
+        replica seen within C{dead_after} seconds as (id, peer URL, busy digests). Replicas gone
+        for an hour are forgotten."""
+        reading = sorted(busy)
+
+        def beat(c: Any) -> list[tuple[str, str, list[str]]]:
+            c.execute(
+                f"INSERT INTO replicas (id, peer_url, started, seen, busy) VALUES (?, ?, {_NOW}, {_NOW}, ?) "
+                "ON CONFLICT (id) DO UPDATE SET peer_url = excluded.peer_url, seen = excluded.seen, busy = excluded.busy",
+                (replica, peer_url, reading),
+            )
+            c.execute(f"DELETE FROM replicas WHERE seen < {_NOW} - 3600")
+            rows = c.execute(
+                f"SELECT id, peer_url, busy FROM replicas WHERE seen >= {_NOW} - ? ORDER BY id", (dead_after,)
+            ).fetchall()
+            return [(r[0], r[1], list(r[2] or [])) for r in rows]
+
+        return self._write(beat)
+
+    def replica_leave(self, replica: str) -> "Deferred[None]":
+        """Forget C{replica} (a clean stop): its peers need not wait for its heartbeat to age."""
+
+        def leave(c: Any) -> None:
+            c.execute("DELETE FROM replicas WHERE id = ?", (replica,))
+
+        return self._write(leave)
+
+    # -- one garbage collection pass at a time, across the replicas --------------------------------
+
+    def gc_try_lock(self) -> "Deferred[bool]":
+        """Take the set-wide GC lock if no other replica holds it. A session lock on a connection
+        kept aside until L{gc_unlock}: a replica that dies lets it go with its connection."""
+
+        def take() -> bool:
+            try:
+                conn = self._pool.getconn(timeout=self._pool_timeout)
+            except _UNAVAILABLE as e:
+                raise MetadataUnavailable(f"the database {self.where} is unavailable: {_reason(e)}") from None
+            try:
+                row = conn.execute("SELECT pg_try_advisory_lock(%s)", (GC_LOCK,)).fetchone()
+            except _UNAVAILABLE as e:
+                self._pool.putconn(conn)
+                raise MetadataUnavailable(f"the database {self.where} is unavailable: {_reason(e)}") from None
+            if row and row[0]:
+                self._gc_conn = conn
+                return True
+            self._pool.putconn(conn)
+            return False
+
+        return self._worker.run(take)
+
+    def gc_unlock(self) -> "Deferred[None]":
+        """Let the set-wide GC lock go."""
+
+        def release() -> None:
+            conn, self._gc_conn = self._gc_conn, None
+            if conn is None:
+                return
+            try:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (GC_LOCK,))
+            except _UNAVAILABLE:
+                pass  # the connection is gone, and the lock with it
+            finally:
+                self._pool.putconn(conn)
+
+        return self._worker.run(release)
 
     def _lock(self, c: Any, digests: Iterable[str]) -> None:
         # In the order given (sorted by the callers): two transactions never wait on each other

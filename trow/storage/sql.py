@@ -824,6 +824,15 @@ class SqlMetadata:
 
         return self._write(release)
 
+    def gc_try_lock(self) -> "Deferred[bool]":
+        """Take the right to run a garbage collection pass (True), unless another process has it.
+        One process per sqlite data dir (its flock): always True there."""
+        return self._read(lambda c: True)
+
+    def gc_unlock(self) -> "Deferred[None]":
+        """Give back the right taken by L{gc_try_lock}."""
+        return self._read(lambda c: None)
+
     def gc_install_restore(self, restore: Callable[[str, str], None]) -> "Deferred[None]":
         """Make every new link, manifest or manifest reference to a quarantined digest put its
         file back (C{restore(digest, path aside)}, run inside the linking transaction), so that a

@@ -42,15 +42,16 @@ class DataDirLock:
             os.close(fd)
 
 
-def lock_data_dir(data_dir: str) -> DataDirLock:
+def lock_data_dir(data_dir: str, shared_with: str | None = None) -> DataDirLock:
     """Take the exclusive lock of C{data_dir} (created if need be) without waiting.
 
-    Raises L{DataDirLocked} when another process holds it, and C{OSError} when the lock file
-    cannot be created. Keep the returned object for as long as the data dir is in use.
+    Raises L{DataDirLocked} when another process holds it, or when the data dir is marked shared
+    (unless for exactly C{shared_with}: C{python -m trow migrate} run again), and C{OSError} when
+    the lock file cannot be created. Keep the returned object for as long as the data dir is in use.
     """
     os.makedirs(data_dir, exist_ok=True)
     where = shared_mark(data_dir)
-    if where is not None:
+    if where is not None and where != shared_with:
         raise DataDirLocked(
             f"data dir {os.path.abspath(data_dir)} belongs to trow replicas whose metadata is in PostgreSQL "
             f"({where}); start trow with --database (its garbage collection runs inside the replicas)"

@@ -140,7 +140,18 @@ MIGRATIONS.append(
         ],
     )
 )
-SCHEMA_VERSION = MIGRATIONS[-1][0]
+MIGRATIONS.append(
+    (
+        4,
+        [
+            # Who is downloading a blob from its upstream for the whole set of replicas: the one
+            # replica that fetches it, until its lease expires (renewed while it downloads).
+            f"""CREATE TABLE download_leases (
+                digest {TEXT} PRIMARY KEY, replica {TEXT} NOT NULL, peer_url TEXT NOT NULL,
+                repo {TEXT} NOT NULL, expires {TIME} NOT NULL)""",
+        ],
+    )
+)
 
 _NOW = "extract(epoch from clock_timestamp())"
 
@@ -271,15 +282,15 @@ class PostgresMetadata(SqlMetadata):
                 # connection however this process ends.
                 conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
                 conn.execute("CREATE TABLE IF NOT EXISTS trow_schema (version INTEGER NOT NULL)")
-                row = conn.execute("SELECT max(version) FROM trow_schema").fetchone()
-                found = int(row[0]) if row and row[0] is not None else 0
+                applied = {int(r[0]) for r in conn.execute("SELECT version FROM trow_schema").fetchall()}
+                found = max(applied, default=0)
                 if found > SCHEMA_VERSION:
                     raise SchemaTooNew(
                         f"the database {self.where} has trow schema version {found}, newer than this trow's "
                         f"{SCHEMA_VERSION}: run a trow at least as new as the one that migrated it"
                     )
-                for version, statements in MIGRATIONS:
-                    if version <= found:
+                for version, statements in sorted(MIGRATIONS, key=lambda m: m[0]):
+                    if version in applied:
                         continue
                     with conn.transaction():
                         for statement in statements:
@@ -346,6 +357,7 @@ class PostgresMetadata(SqlMetadata):
                 (replica, peer_url, reading),
             )
             c.execute(f"DELETE FROM replicas WHERE seen < {_NOW} - 3600")
+            c.execute(f"DELETE FROM download_leases WHERE expires < {_NOW} - 3600")
             rows = c.execute(
                 f"SELECT id, peer_url, busy FROM replicas WHERE seen >= {_NOW} - ? ORDER BY id", (dead_after,)
             ).fetchall()
@@ -360,6 +372,50 @@ class PostgresMetadata(SqlMetadata):
             c.execute("DELETE FROM replicas WHERE id = ?", (replica,))
 
         return self._write(leave)
+
+    # -- download leases: one upstream fetch per digest across the replicas ------------------------
+
+    def lease_claim(
+        self, digest: str, replica: str, peer_url: str, repo: str, ttl: float
+    ) -> "Deferred[tuple[str, str, str]]":
+        """Take the download lease of C{digest} for C{replica} if nobody holds it, it expired, or
+        C{replica} holds it already (then it is renewed). Returns the holder: (replica, peer URL,
+        the cache repository it downloads for)."""
+
+        def claim(c: Any) -> tuple[str, str, str]:
+            row = c.execute(
+                "INSERT INTO download_leases (digest, replica, peer_url, repo, expires) "
+                f"VALUES (?, ?, ?, ?, {_NOW} + ?) ON CONFLICT (digest) DO UPDATE SET replica = excluded.replica, "
+                "peer_url = excluded.peer_url, repo = excluded.repo, expires = excluded.expires "
+                f"WHERE download_leases.expires < {_NOW} OR download_leases.replica = excluded.replica "
+                "RETURNING replica, peer_url, repo",
+                (digest, replica, peer_url, repo, ttl),
+            ).fetchone()
+            if row is None:
+                row = c.execute(
+                    "SELECT replica, peer_url, repo FROM download_leases WHERE digest = ?", (digest,)
+                ).fetchone()
+            return (row[0], row[1], row[2])
+
+        return self._write(claim)
+
+    def lease_renew(self, digest: str, replica: str, ttl: float) -> "Deferred[bool]":
+        """Extend C{replica}'s lease of C{digest}; False if it no longer holds it."""
+        return self._write(
+            lambda c: c.execute(
+                f"UPDATE download_leases SET expires = {_NOW} + ? WHERE digest = ? AND replica = ?",
+                (ttl, digest, replica),
+            ).rowcount
+            > 0
+        )
+
+    def lease_release(self, digest: str, replica: str) -> "Deferred[None]":
+        """Give up C{replica}'s lease of C{digest} (the download ended, either way)."""
+
+        def release(c: Any) -> None:
+            c.execute("DELETE FROM download_leases WHERE digest = ? AND replica = ?", (digest, replica))
+
+        return self._write(release)
 
     # -- one garbage collection pass at a time, across the replicas --------------------------------
 
@@ -416,3 +472,7 @@ class PostgresMetadata(SqlMetadata):
 def _reason(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return text[0] if text else type(error).__name__
+
+
+# The newest migration this code knows (migrations are appended above, in any order).
+SCHEMA_VERSION = max(version for version, _ in MIGRATIONS)

@@ -19,10 +19,13 @@ from trow.api.registry import RegistryAPI
 from trow.api.site import TrowSite, UploadSlots, ensure_fd_headroom
 from trow.api.webhook import WebhookAPI
 from trow.auth.service import Authenticator
+from trow.auth.tokens import load_or_create_key
+from trow.auth.users import AuthSetupError
 from trow.config import ProxyConfig
 from trow.metrics import Metrics, ReactorLagMonitor
 from trow.proxy.names import UpstreamDirectory
 from trow.proxy.service import ProxyRegistry
+from trow.proxy.peers import DownloadCoordinator
 from trow.proxy.tee import Fetcher
 from trow.proxy.upstream import UpstreamClient
 from trow.registry.access import AccessTracker
@@ -43,6 +46,8 @@ _log = Logger()
 
 # Connections to PostgreSQL per replica, and threads of the db pool that use them.
 DB_CONNECTIONS = 8
+# Beside the token key: signs the peer path between replicas (trow.proxy.peers).
+PEER_KEY_FILE = "peer.key"
 
 
 @attrs.define
@@ -111,10 +116,12 @@ def build_proxy(
     hostname: str | None,
     metrics: Metrics | None = None,
     access: AccessTracker | None = None,
+    coordinator: DownloadCoordinator | None = None,
 ) -> ProxyRegistry:
-    """The pull-through cache over the local registry's stores."""
+    """The pull-through cache over the local registry's stores (downloads shared with the other
+    replicas through C{coordinator}, with --database)."""
     upstream = UpstreamClient(reactor, metrics=metrics)
-    fetcher = Fetcher(registry.blobs, registry.metadata, upstream, reactor, metrics=metrics)
+    fetcher = Fetcher(registry.blobs, registry.metadata, upstream, reactor, metrics=metrics, coordinator=coordinator)
     return ProxyRegistry(
         registry,
         UpstreamDirectory(config),
@@ -182,7 +189,14 @@ class _UpstreamPool(Service):
     def stopService(self) -> Any:
         super().stopService()
         stopped = self._proxy.fetcher.stop()
-        return stopped.addBoth(lambda _: self._proxy.upstream.close())
+        coordinator = self._proxy.fetcher.coordinator
+
+        def close(_: object) -> Any:
+            if coordinator is not None:
+                coordinator.close()
+            return self._proxy.upstream.close()
+
+        return stopped.addBoth(close)
 
 
 class SequentialMultiService(MultiService):
@@ -239,8 +253,22 @@ def build_service(settings: Any, reactor: Any) -> MultiService:
         shared=settings.database is not None,
     )
     tracker = AccessTracker(stores.metadata, reactor)
-    proxy = build_proxy(registry, settings.config.registry_proxies, reactor, settings.hostname, metrics, tracker)
     replicas: ReplicaSet | None = None
+    coordinator: DownloadCoordinator | None = None
+    peer_key: bytes | None = None
+    if isinstance(stores.metadata, PostgresMetadata) and replica_id and settings.peer_url:
+        # Signs requests between replicas; on the shared volume, made once for the whole set.
+        try:
+            peer_key = load_or_create_key(settings.data_dir, PEER_KEY_FILE)
+        except AuthSetupError as e:
+            raise AuthSetupError(f"replicas' peer key: {e}") from None
+        own_url: list[str] = [settings.peer_url]
+        coordinator = DownloadCoordinator(
+            stores.metadata, replica_id, lambda: replicas.peer_url if replicas else own_url[0], peer_key, reactor, metrics
+        )
+    proxy = build_proxy(
+        registry, settings.config.registry_proxies, reactor, settings.hostname, metrics, tracker, coordinator
+    )
     if isinstance(stores.metadata, PostgresMetadata) and replica_id and settings.peer_url:
         fetcher = proxy.fetcher
         replicas = ReplicaSet(
@@ -274,7 +302,7 @@ def build_service(settings: Any, reactor: Any) -> MultiService:
     )
     authenticator.canonical = proxy.canonical_repository
     auth = AuthAPI(authenticator, settings.hostname)
-    resource = RegistryAPI(registry, proxy, auth).resource()
+    resource = RegistryAPI(registry, proxy, auth, peer_key=peer_key).resource()
     uploads = UploadSlots(limits.max_concurrent_uploads, metrics)
     # One site per listener, so that max_connections counts per listener; the upload slots are
     # shared, as the disk is.

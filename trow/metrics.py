@@ -42,6 +42,11 @@ Garbage collection:
     L{Metrics.gc_pass}C{(duration=..., uploads=..., blobs=..., manifests=..., freed_bytes=...,
     failed=...)}, once per pass.
 
+Replicas (C{--database}), recorded by L{trow.proxy.peers} and the peer endpoint:
+  - C{trow_download_leases_total} (outcome): L{Metrics.download_lease}.
+  - C{trow_peer_streams_total} (role), C{trow_peer_bytes_total} (role): L{Metrics.peer_stream},
+    L{Metrics.peer_bytes}.
+
 The webhook, recorded by L{trow.api.webhook}: C{trow_webhook_decisions_total} (webhook,
 decision): L{Metrics.webhook_decision}.
 
@@ -78,6 +83,11 @@ UPSTREAM_ERRORS = frozenset(
     {"connect", "timeout", "status", "truncated", "digest", "size", "auth", "protocol", "other"}
 )
 DOWNLOAD_OUTCOMES = frozenset({"complete", "failed", "abandoned"})
+# With --database: how a download got its bytes (led: this replica fetched from the upstream;
+# followed: from the replica holding the lease; took_over: a dead leader's lease taken), and
+# the peer streams this replica served to others or read from them.
+LEASE_OUTCOMES = frozenset({"led", "followed", "took_over"})
+PEER_ROLES = frozenset({"served", "read"})
 WEBHOOKS = frozenset({"validate", "mutate"})
 WEBHOOK_DECISIONS = frozenset({"allowed", "denied", "mutated", "invalid"})
 LIMITS = frozenset(
@@ -233,6 +243,22 @@ class Metrics:
             registry=r,
         )
 
+        self._download_leases = Counter(
+            "trow_download_leases_total",
+            "Downloads by how this replica got the bytes: led (fetched from the upstream), followed "
+            "(streamed from the replica holding the lease), took_over (a dead leader's lease).",
+            ["outcome"],
+            registry=r,
+        )
+        self._peer_streams = Counter(
+            "trow_peer_streams_total",
+            "Blob streams between replicas: served to a peer, or read from one.",
+            ["role"],
+            registry=r,
+        )
+        self._peer_bytes = Counter(
+            "trow_peer_bytes_total", "Blob bytes between replicas, served to peers or read from them.", ["role"], registry=r
+        )
         self._webhook_decisions = Counter(
             "trow_webhook_decisions_total",
             "Admission reviews answered, by webhook (validate, mutate) and decision.",
@@ -347,6 +373,19 @@ class Metrics:
         (given up at shutdown)."""
         self.downloads_in_flight.dec()
         self._downloads.labels(_pick(outcome, DOWNLOAD_OUTCOMES)).inc()
+
+    def download_lease(self, outcome: str) -> None:
+        """How a download got its bytes across replicas (see L{LEASE_OUTCOMES})."""
+        self._download_leases.labels(_pick(outcome, LEASE_OUTCOMES)).inc()
+
+    def peer_stream(self, role: str) -> None:
+        """A blob stream between replicas began: C{served} to a peer, or C{read} from one."""
+        self._peer_streams.labels(_pick(role, PEER_ROLES)).inc()
+
+    def peer_bytes(self, role: str, nbytes: int) -> None:
+        """C{nbytes} streamed between replicas."""
+        if nbytes > 0:
+            self._peer_bytes.labels(_pick(role, PEER_ROLES)).inc(nbytes)
 
     def download_waiter_added(self) -> None:
         """A client response started streaming from a download in progress."""

@@ -36,8 +36,9 @@ from trow.api.http import (
 )
 from trow.auth.service import Authenticator, Identity
 from trow.registry.errors import RegistryError
+from trow.proxy.peers import PEER_PATH, SIGNATURE_HEADER, peer_signature_ok
 from trow.storage.metadata import MetadataUnavailable
-from trow.registry.service import CHUNK_MIN_LENGTH, BlobCreated, Page, Registry, UploadStarted
+from trow.registry.service import CHUNK_MIN_LENGTH, BlobCreated, BlobSource, Page, Registry, UploadStarted
 from trow.storage.reader import FileRangeProducer
 
 _log = Logger()
@@ -106,10 +107,14 @@ class RegistryAPI:
     app.url_map.merge_slashes = False
     app.url_map.converters["anypath"] = _AnyPath
 
-    def __init__(self, registry: Registry, proxy: Any = None, auth: AuthAPI | None = None) -> None:
+    def __init__(
+        self, registry: Registry, proxy: Any = None, auth: AuthAPI | None = None, peer_key: bytes | None = None
+    ) -> None:
         self.registry = registry
         self.proxy = proxy
         self.auth = auth or AuthAPI(Authenticator.disabled())
+        # With --database: the key that signs requests between replicas (the peer path).
+        self.peer_key = peer_key
 
     def resource(self) -> Any:
         """The twisted.web resource to serve."""
@@ -198,6 +203,26 @@ class RegistryAPI:
         await self.auth.require(request, None)
         return send_json(request, 200, {})
 
+    @app.route(PEER_PATH + "<digest>", methods=["GET"])
+    def peer_blob(self, request: IRequest, digest: str) -> Any:
+        """A download in progress here, streamed to another replica that follows it (see
+        trow.proxy.peers). Only replicas can ask: the request carries an HMAC of the digest."""
+        request.setHeader(*API_VERSION_HEADER)
+        request.trow_route = "peer"  # type: ignore[attr-defined]
+
+        async def run() -> Any:
+            try:
+                if self.peer_key is None or self.proxy is None:
+                    raise RegistryError("UNSUPPORTED", "this trow runs alone: it has no peer replicas", status=404)
+                if not peer_signature_ok(self.peer_key, digest, header(request, SIGNATURE_HEADER)):
+                    raise RegistryError("DENIED", "the peer path is for trow replicas only", status=403)
+                self.proxy.metrics.peer_stream("served")
+                return await self._send_source(request, await self.proxy.peer_source(digest))
+            except RegistryError as e:
+                return send_error(request, e)
+
+        return shielded(run)
+
     @app.route("/login", methods=["GET", "POST"])
     def login(self, request: IRequest) -> Any:
         request.trow_route = "login"  # type: ignore[attr-defined]
@@ -264,7 +289,9 @@ class RegistryAPI:
                 del reading[digest]
 
     async def _send_blob(self, request: IRequest, registry: Any, name: str, digest: str) -> Any:
-        source = await registry.blob_source(name, digest)
+        return await self._send_source(request, await registry.blob_source(name, digest))
+
+    async def _send_source(self, request: IRequest, source: BlobSource) -> Any:
         size = source.size
         wanted = _range(header(request, "Range"), size)
         headers: dict[str, str | int] = {

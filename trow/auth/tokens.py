@@ -55,8 +55,9 @@ class InvalidToken(Exception):
     """
 
 
-def load_or_create_key(data_dir: str) -> bytes:
-    """The token key in C{<data_dir>/auth/token.key}, created on first use.
+def load_or_create_key(data_dir: str, name: str = KEY_FILE) -> bytes:
+    """The token key in C{<data_dir>/auth/token.key} (or another key, C{name}, beside it: the
+    replicas' peer key), created on first use.
 
     This is the only disk write of the auth package. It runs once at start-up, before the
     reactor, so it may block. Creation is crash-safe: the key is written to a temporary file,
@@ -65,12 +66,12 @@ def load_or_create_key(data_dir: str) -> bytes:
     data dir all end up with the one key that was linked first, never each with its own.
     """
     directory = os.path.join(data_dir, KEY_DIR)
-    path = os.path.join(directory, KEY_FILE)
+    path = os.path.join(directory, name)
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        for name in os.listdir(directory):
-            if name.startswith(KEY_FILE + "."):
-                leftover = os.path.join(directory, name)
+        for entry in os.listdir(directory):
+            if entry.startswith(name + "."):
+                leftover = os.path.join(directory, entry)
                 # A creation a crash interrupted (a young one may be a peer's, still running).
                 try:
                     if time.time() - os.stat(leftover).st_mtime > _LEFTOVER_AGE:
@@ -101,7 +102,7 @@ def load_or_create_key(data_dir: str) -> bytes:
             os.close(directory_fd)
     except OSError as e:
         raise AuthSetupError(f"token key {path}: {e.strerror}") from None
-    _log.info("created the token signing key {path}", path=path)
+    _log.info("created the signing key {path}", path=path)
     return key
 
 

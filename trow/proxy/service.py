@@ -220,6 +220,22 @@ class ProxyRegistry:
         final = self.local.blobs.path(digest)
         return BlobSource(digest, size, lambda offset, length: TeeReader(download, offset, length, final))
 
+    async def peer_source(self, reference: str) -> BlobSource:
+        """The download of C{reference} running here, for a replica that follows it. Only
+        downloads in progress: a stored blob is on the shared volume for every replica."""
+        digest = Digest.parse(reference)
+        download = self.fetcher.downloads.get(str(digest))
+        if download is None or download.failure is not None:
+            raise RegistryError(
+                "BLOB_UNKNOWN", f"no download of {digest} is in progress on this replica", {"digest": str(digest)}
+            )
+        try:
+            size = await download.wait_size()
+        except Exception as e:
+            raise RegistryError("BLOB_UNKNOWN", f"the download of {digest} failed: {e}", {"digest": str(digest)}) from None
+        final = self.local.blobs.path(digest)
+        return BlobSource(digest, size, lambda offset, length: TeeReader(download, offset, length, final))
+
     async def _confirm_upstream(self, proxied: ProxiedName, name: str, digest: Digest) -> None:
         """Raise the client's error unless the upstream has C{digest} in this repository."""
         unknown = RegistryError("BLOB_UNKNOWN", f"blob {digest} is not in repository {name}", {"digest": str(digest)})

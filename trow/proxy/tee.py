@@ -17,6 +17,7 @@ from typing import IO, Any, Callable
 
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, fail
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.task import deferLater
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -27,6 +28,7 @@ from zope.interface import implementer
 
 from trow.metrics import Metrics
 from trow.proxy.names import ProxiedName
+from trow.proxy.peers import DownloadCoordinator, PeerUnavailable, StoredResponse
 from trow.proxy.upstream import UpstreamClient, UpstreamStatus, UpstreamUnavailable
 from trow.registry.names import Digest
 from trow.storage.blobs import BlobStore, HashingWriter, discard_file
@@ -36,6 +38,9 @@ from trow.storage.reader import FileRangeProducer
 _log = Logger()
 
 RESUME_ATTEMPTS = 3
+# How long a follower keeps trying to reach a leader (or to take over its lease) before the
+# download fails: longer than a lease, so that a dead leader is always replaced first.
+FOLLOW_BUDGET = 60.0
 
 
 class DownloadFailed(Exception):
@@ -56,6 +61,8 @@ class Download:
         idle_timeout: float = 60.0,
         on_done: Callable[["Download"], None] | None = None,
         metrics: Metrics | None = None,
+        coordinator: DownloadCoordinator | None = None,
+        follow_budget: float = FOLLOW_BUDGET,
     ) -> None:
         self.name = name
         self.metrics = metrics or Metrics()
@@ -81,6 +88,15 @@ class Download:
         self._receiver: _BodyReceiver | None = None
         self._aborted: str | None = None
         self.ended: Deferred[None] | None = None
+        # Replicas (--database): leading means this replica fetches from the upstream for the
+        # set; otherwise it reads from the leader (see trow.proxy.peers).
+        self._coordinator = coordinator
+        self._follow_budget = follow_budget
+        self.leading = coordinator is None
+        self._followed = False
+        self._confirmed = False
+        self._from_peer = False
+        self._stop_renewing: Callable[[], None] | None = None
 
     # -- observing ---------------------------------------------------------------------------
 
@@ -138,8 +154,57 @@ class Download:
                     pass
             raise
 
+    async def _open(self, offset: int) -> IResponse:
+        """The next response to read the blob from, from C{offset}: the upstream's when this
+        replica leads the download (or there are no replicas), else the leader replica's."""
+        digest = str(self.digest)
+        if self.leading:
+            return await self._upstream.get_blob(self.name, digest, offset=offset)
+        assert self._coordinator is not None
+        coordinator = self._coordinator
+        waited = 0.0
+        delay = 0.1
+        while True:
+            if self._aborted:
+                raise DownloadFailed(f"download of {digest} given up: {self._aborted}")
+            stored = self._blobs.size(self.digest)
+            if stored is not None and offset < stored:
+                # The leader finished while this replica followed it: read on from the blob.
+                self._from_peer = True
+                return StoredResponse(self._blobs.path(self.digest), offset, stored, self._blobs.worker)  # type: ignore[return-value]
+            lease = await coordinator.claim(digest, self.name.cache_repo)
+            if lease.ours:
+                self.leading = True
+                self._from_peer = False
+                self._stop_renewing = coordinator.keep(digest)
+                self.metrics.download_lease("took_over" if self._followed else "led")
+                if self._followed:
+                    _log.info("took over the download of {digest} at {offset} bytes", digest=digest, offset=offset)
+                return await self._upstream.get_blob(self.name, digest, offset=offset)
+            if lease.repo != self.name.cache_repo and not self._confirmed:
+                # The leader fetches for another repository, maybe a private one: only this
+                # repository's upstream can say it has the blob too (one HEAD).
+                if not await self._upstream.has_blob(self.name, digest):
+                    raise UpstreamStatus(404, f"blob {digest} is not in {self.name.repo} upstream")
+                self._confirmed = True
+            try:
+                response = await coordinator.fetch(lease.peer_url, digest, offset)
+            except PeerUnavailable as e:
+                if waited >= self._follow_budget:
+                    raise DownloadFailed(f"no replica could stream {digest} for {waited:.0f}s: {e}") from None
+                _log.debug("{why}; trying again", why=str(e))
+                await deferLater(self._clock, delay, lambda: None)
+                waited += delay
+                delay = min(delay * 2, 1.0)
+                continue
+            if not self._followed:
+                self.metrics.download_lease("followed")
+                self._followed = True
+            self._from_peer = True
+            return response
+
     async def _fetch(self) -> None:
-        response = await self._upstream.get_blob(self.name, str(self.digest))
+        response = await self._open(0)
         length = _content_length(response)
         self._handle = open(self.path, "wb")
         hasher = self.digest.hasher()
@@ -175,6 +240,11 @@ class Download:
                 # A body delimited by closing the connection (valid HTTP/1.1): this is its end,
                 # and the digest check below tells whether it is whole.
                 break
+            if self._from_peer and self.size is not None:
+                # The leader replica went away mid-stream: follow the next leader, or lead.
+                _log.info("the replica streaming {digest} stopped at {received} bytes", digest=str(self.digest), received=received)
+                response = await self._open(received)
+                continue
             attempts += 1
             self.metrics.upstream_error(self.name.upstream.host, "truncated")
             if attempts > RESUME_ATTEMPTS or self.size is None:
@@ -187,7 +257,7 @@ class Download:
                 received=received,
                 size=self.size,
             )
-            response = await self._upstream.get_blob(self.name, str(self.digest), offset=received)
+            response = await self._open(received)
             if response.code == 206 and _range_start(response) not in (None, received):
                 raise DownloadFailed(f"upstream answered our Range for {self.digest} with another range")
         await self._writer.drain()
@@ -218,7 +288,10 @@ class Download:
         self._finish()
 
     def _received(self, nbytes: int) -> None:
-        self.metrics.upstream_bytes(self.name.upstream.host, nbytes)
+        if self._from_peer:
+            self.metrics.peer_bytes("read", nbytes)
+        else:
+            self.metrics.upstream_bytes(self.name.upstream.host, nbytes)
 
     def _written(self, total: int) -> None:
         self.available = total
@@ -248,6 +321,11 @@ class Download:
         self._finish()
 
     def _finish(self) -> None:
+        if self._coordinator is not None and self.leading:
+            if self._stop_renewing is not None:
+                self._stop_renewing()
+                self._stop_renewing = None
+            self._coordinator.release(str(self.digest))
         if self.failure is None:
             self.metrics.download_finished("complete")
         else:
@@ -415,8 +493,11 @@ class Fetcher:
         upstream: UpstreamClient,
         clock: IReactorTime,
         metrics: Metrics | None = None,
+        coordinator: DownloadCoordinator | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
+        # Set with --database: downloads are then shared by the replicas (trow.proxy.peers).
+        self.coordinator = coordinator
         self._blobs = blobs
         self._metadata = metadata
         self._upstream = upstream
@@ -438,6 +519,7 @@ class Fetcher:
                 self._clock,
                 on_done=self._done,
                 metrics=self.metrics,
+                coordinator=self.coordinator,
             )
             self.downloads[key] = download
             self.started += 1

@@ -1,6 +1,7 @@
 """``python -m trow <command>``: trow's one-shot commands (the server itself runs under twistd).
 
     python -m trow gc --data-dir DIR [--dry-run] [--config FILE]
+    python -m trow migrate --data-dir DIR --to postgresql://... [--force]
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ USAGE = """usage: python -m trow <command> [options]
 commands:
   gc    one garbage collection pass over a data dir no trow server is using:
         python -m trow gc --data-dir DIR [--dry-run] [--config FILE]
+  migrate
+        copy a stopped single-node trow's metadata into PostgreSQL, for replicas:
+        python -m trow migrate --data-dir DIR --to postgresql://... [--force]
 
 The server runs as 'twistd -n trow [options]' (see 'twistd trow --help').
 """
@@ -24,7 +28,13 @@ def _gc(argv: Sequence[str]) -> int:
     return gc_main(argv)
 
 
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"gc": _gc}
+def _migrate(argv: Sequence[str]) -> int:
+    from trow.migrate import main as migrate_main
+
+    return migrate_main(argv)
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"gc": _gc, "migrate": _migrate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

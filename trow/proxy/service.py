@@ -192,7 +192,7 @@ class ProxyRegistry:
         """A cached blob, or the download that is fetching it (started if need be)."""
         proxied = self._proxied(name)
         digest = Digest.parse(reference)
-        size = self.local.blobs.size(digest)
+        size = await self.local.blobs.stat_size(digest)
         if size is not None:
             if not await self.local.blob_linked(name, str(digest)):
                 # The bytes are here, but they may belong to a private repository (pushed, or
@@ -218,7 +218,7 @@ class ProxyRegistry:
         except DownloadFailed as e:
             raise upstream_error(UpstreamStatus(502, str(e)), "BLOB_UNKNOWN", f"blob {digest} of {proxied.repo}") from None
         final = self.local.blobs.path(digest)
-        return BlobSource(digest, size, lambda offset, length: TeeReader(download, offset, length, final))
+        return BlobSource(digest, size, lambda offset, length: TeeReader(download, offset, length, final, self.local.blobs.worker))
 
     async def peer_source(self, reference: str) -> BlobSource:
         """The download of C{reference} running here, for a replica that follows it. Only
@@ -234,7 +234,7 @@ class ProxyRegistry:
         except Exception as e:
             raise RegistryError("BLOB_UNKNOWN", f"the download of {digest} failed: {e}", {"digest": str(digest)}) from None
         final = self.local.blobs.path(digest)
-        return BlobSource(digest, size, lambda offset, length: TeeReader(download, offset, length, final))
+        return BlobSource(digest, size, lambda offset, length: TeeReader(download, offset, length, final, self.local.blobs.worker))
 
     async def _confirm_upstream(self, proxied: ProxiedName, name: str, digest: Digest) -> None:
         """Raise the client's error unless the upstream has C{digest} in this repository."""

@@ -34,6 +34,7 @@ from trow.registry.names import Digest
 from trow.storage.blobs import BlobStore, HashingWriter, discard_file
 from trow.storage.metadata import Metadata
 from trow.storage.reader import FileRangeProducer
+from trow.workers import Worker
 
 _log = Logger()
 
@@ -167,7 +168,7 @@ class Download:
         while True:
             if self._aborted:
                 raise DownloadFailed(f"download of {digest} given up: {self._aborted}")
-            stored = self._blobs.size(self.digest)
+            stored = await self._blobs.stat_size(self.digest)
             if stored is not None and offset < stored:
                 # The leader finished while this replica followed it: read on from the blob.
                 self._from_peer = True
@@ -445,15 +446,20 @@ class _BodyReceiver(Protocol):
 
 
 class TeeReader(FileRangeProducer):
-    """Streams C{length} bytes from C{offset} of a download's file to one client, as they land."""
+    """Streams C{length} bytes from C{offset} of a download's file to one client, as they land.
 
-    def __init__(self, download: Download, offset: int, length: int, final_path: str) -> None:
-        try:
-            handle = open(download.path, "rb")
-        except FileNotFoundError:
-            # Committed (renamed into the blob store) since we looked.
-            handle = open(final_path, "rb")
-        super().__init__(handle, offset, length)
+    The file is opened on the download's disk worker when streaming starts: the download's file
+    in C{tmp/}, or, if it was committed meanwhile, the blob (C{final_path})."""
+
+    def __init__(self, download: Download, offset: int, length: int, final_path: str, worker: Worker | None = None) -> None:
+        def open_file() -> IO[bytes]:
+            try:
+                return open(download.path, "rb")
+            except FileNotFoundError:
+                # Committed (renamed into the blob store) since we looked.
+                return open(final_path, "rb")
+
+        super().__init__(None, offset, length, worker=worker, open_file=open_file)
         self._download = download
         self._waiting = False
 

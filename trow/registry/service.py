@@ -237,10 +237,8 @@ class Registry:
         """A source reading a blob already in the store."""
 
         def open_range(offset: int, length: int) -> RangeProducer:
-            handle = self.blobs.open(digest)
-            if handle is None:
-                raise RegistryError("BLOB_UNKNOWN", f"blob {digest} disappeared from the store", {"digest": str(digest)})
-            return FileRangeProducer(handle, offset, length)
+            # Opened and read on the disk worker: on a network volume, an open or a read may stall.
+            return FileRangeProducer(None, offset, length, self.blobs.worker, lambda: self.blobs.open_existing(digest))
 
         return BlobSource(digest, size, open_range)
 
@@ -252,7 +250,7 @@ class Registry:
         linked = await self.blob_linked(repo, key)
         if not linked:
             linked = await self.metadata.get_manifest(repo, key) is not None
-        size = self.blobs.size(digest) if linked else None
+        size = await self.blobs.stat_size(digest) if linked else None
         if size is None:
             raise RegistryError("BLOB_UNKNOWN", f"blob {key} is not in repository {repo}", {"digest": key})
         return digest, size
@@ -327,7 +325,7 @@ class Registry:
         return UploadStarted(upload_id)
 
     async def _mountable(self, digest: Digest, source: str | None) -> bool:
-        if self.blobs.size(digest) is None:
+        if await self.blobs.stat_size(digest) is None:
             return False
         if source is None:
             # Automatic content discovery: the registry already holds these verified bytes.

@@ -401,6 +401,14 @@ class BlobStore:
         except FileNotFoundError:
             return None
 
+    def stat_size(self, digest: Digest) -> "Deferred[int | None]":
+        """L{size} on the worker: a stat on a network volume can stall."""
+        return self.worker.run(self.size, digest)
+
+    def open_existing(self, digest: Digest) -> IO[bytes]:
+        """Open a stored blob for reading; FileNotFoundError if it is gone. Blocking."""
+        return open(self.path(digest), "rb")
+
     def open(self, digest: Digest) -> IO[bytes] | None:
         """Open a stored blob for reading, or None if it is not stored."""
         try:
@@ -441,9 +449,8 @@ class BlobStore:
         self._commit_sync(temp, digest)
 
     def put_bytes(self, data: bytes, digest: Digest) -> "Deferred[None]":
-        """Store small verified content (a manifest) durably under C{digest}."""
-        if self.size(digest) is not None:
-            return succeed(None)
+        """Store small verified content (a manifest) durably under C{digest} (nothing to do if
+        it is there: the check runs on the worker too)."""
         return self.worker.run(self._put_bytes_sync, data, digest)
 
     def read_bytes(self, digest: Digest) -> "Deferred[bytes | None]":

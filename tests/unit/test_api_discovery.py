@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import base64
 import json
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 
-from tests.unit.harness import Trow
+import trow.registry.service as service
+from tests.unit.harness import Client, Trow, make_trow, result_of
+from tests.unit.test_auth_helpers import RecordingWorker, bcrypt_hash, fake_clock, write_file
+from trow.api.auth import AuthAPI
+from trow.api.registry import RegistryAPI
+from trow.auth.service import Authenticator
+from trow.config import config_from_dict
 from tests.unit.test_api_misc import (
     Fetched,
     OCI_INDEX,
@@ -221,6 +229,78 @@ def test_catalog_no_link_on_last_page(trow: Trow) -> None:
     for name in ["a", "b"]:
         push_blob(trow, name, b"blob")
     assert fetch(trow, "GET", "/v2/_catalog?n=2").header("Link") is None
+
+
+def _guarded_catalog(tmp_path: Path, names: list[str], bob_sees: list[str]) -> Client:
+    """A registry holding C{names}, with auth on: bob may pull only C{bob_sees}."""
+    trow = make_trow(str(tmp_path / "data"))
+
+    def fill(c: Any) -> None:
+        c.executemany(
+            "INSERT INTO repo_blobs (repo, digest, created) VALUES (?, ?, ?)", [(n, "sha256:" + "1" * 64, 1.0) for n in names]
+        )
+
+    result_of(trow.stores.metadata._write(fill))  # type: ignore[attr-defined]
+    htpasswd = str(tmp_path / "htpasswd")
+    write_file(htpasswd, f"bob:{bcrypt_hash('bob-pw')}\n")
+    rules = [{"users": ["bob"], "repositories": bob_sees, "actions": ["pull"]}]
+    authenticator = Authenticator.build(
+        user=None,
+        password=None,
+        htpasswd=htpasswd,
+        config=config_from_dict({"auth": {"rules": rules}}).auth,
+        data_dir=str(tmp_path / "data"),
+        worker=RecordingWorker(),
+        clock=fake_clock().seconds,
+    )
+    return Client(RegistryAPI(trow.registry, None, AuthAPI(authenticator)).resource())
+
+
+BOB = {"Authorization": "Basic " + base64.b64encode(b"bob:bob-pw").decode()}
+
+
+def test_filtered_catalog_pages_are_full(tmp_path: Path) -> None:
+    """bob may pull 1 repository in 10: each page still holds n of them, the Links lead on from
+    the last name shown, and following them lists each of bob's repositories once."""
+    names = [f"g{i:03d}/app" for i in range(300)]
+    visible = names[::10]
+    client = _guarded_catalog(tmp_path, names, [n.split("/")[0] for n in visible])
+    pages: list[list[str]] = []
+    url: str | None = "/v2/_catalog?n=4"
+    while url is not None:
+        r = client.get(url, headers=BOB)
+        assert r.code == 200, r.body
+        pages.append(r.json()["repositories"])
+        link = r.header("Link")
+        if link is not None:
+            assert link == f'</v2/_catalog?n=4&last={quote(pages[-1][-1], safe="")}>; rel="next"'
+        url = link[1 : link.index(">")] if link else None
+    assert [name for page in pages for name in page] == visible
+    assert [len(page) for page in pages] == [4] * 7 + [2]
+    # Without n: one default page holds them all.
+    r = client.get("/v2/_catalog", headers=BOB)
+    assert r.json()["repositories"] == visible and r.header("Link") is None
+
+
+def test_filtered_catalog_without_n_links_to_a_default_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page cut short by the scan budget, asked without n, links to a page of the default size
+    (not of its own, maybe empty, length): the listing goes on to the end."""
+    # A default page reads at least its own size plus one, whatever the cap.
+    monkeypatch.setattr(service, "CATALOG_SCAN_MAX", 50)
+    names = [f"g{i:04d}/app" for i in range(service.DEFAULT_PAGE + 100)]
+    client = _guarded_catalog(tmp_path, names, [names[-1].split("/")[0]])
+    r = client.get("/v2/_catalog", headers=BOB)
+    assert r.json()["repositories"] == []
+    after = names[service.DEFAULT_PAGE]
+    assert r.header("Link") == f'</v2/_catalog?n={service.DEFAULT_PAGE}&last={quote(after, safe="")}>; rel="next"'
+    seen: list[str] = []
+    url: str | None = "/v2/_catalog"
+    while url is not None:
+        r = client.get(url, headers=BOB)
+        seen += r.json()["repositories"]
+        link = r.header("Link")
+        url = link[1 : link.index(">")] if link else None
+    assert seen == names[-1:]
 
 
 @pytest.mark.parametrize("n", ["x", "-5"])

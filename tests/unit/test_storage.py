@@ -7,6 +7,8 @@ import hashlib
 import io
 import os
 import sqlite3
+import threading
+import time
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
@@ -22,11 +24,16 @@ from tests.unit.harness import result_of
 from trow.registry.names import Digest
 from trow.storage.blobs import BlobStore, HashingWriter, SpooledBody, hash_file
 from trow.storage.metadata import ManifestRecord, Metadata, UploadRecord
-from trow.storage.sqlite import SchemaTooNew, SqliteMetadata
+from trow.storage.sqlite import SCHEMA_VERSION, SchemaTooNew, SqliteMetadata
 from tests.unit.harness import open_postgres
+from tests.unit.test_gc import CACHE, HOUR, OTHER_CACHE, World, blob, digest, run, world
+import trow.registry.service as service
+from trow.registry.service import Registry
 from trow.storage.reader import CHUNK_SIZE, FileRangeProducer
 from trow.storage.uploads import UploadFiles
 from trow.workers import InlineWorker
+
+__all__ = ["world"]
 
 DATA = b"the quick brown fox jumps over the lazy dog"
 
@@ -802,6 +809,215 @@ def test_catalog(metadata: Metadata) -> None:
     assert result_of(metadata.catalog(None, "a")) == ["b", "c"]
 
 
+def listed(metadata: Metadata) -> list[str]:
+    """The table of repositories, read directly."""
+    rows = result_of(metadata._read(lambda c: c.execute("SELECT repo FROM repositories ORDER BY repo").fetchall()))  # type: ignore[attr-defined]
+    return [r[0] for r in rows]
+
+
+def test_repositories_follow_links_and_manifests(metadata: Metadata) -> None:
+    """A repository is listed from its first blob link or manifest to the removal of its last
+    one, whichever kind goes last; a delete that leaves a row keeps it listed."""
+    result_of(metadata.link_blob("blobs", M1))
+    result_of(metadata.link_blob("blobs", M2))
+    result_of(metadata.put_manifest(record("both", M1), [M2], ["v1"]))
+    result_of(metadata.link_blob("both", M2))
+    result_of(metadata.put_manifest(record("images", M1), []))
+    assert listed(metadata) == ["blobs", "both", "images"]
+    # The same rows again (ON CONFLICT paths) change nothing.
+    result_of(metadata.link_blob("blobs", M1))
+    result_of(metadata.put_manifest(record("images", M1), []))
+    assert listed(metadata) == ["blobs", "both", "images"]
+
+    assert result_of(metadata.unlink_blob("blobs", M1))
+    assert listed(metadata) == ["blobs", "both", "images"]
+    assert result_of(metadata.unlink_blob("blobs", M2))
+    assert listed(metadata) == ["both", "images"]
+    assert not result_of(metadata.repo_exists("blobs"))
+
+    assert result_of(metadata.delete_manifest("both", M1))
+    assert listed(metadata) == ["both", "images"]  # its blob link is left
+    assert result_of(metadata.unlink_blob("both", M2))
+    assert result_of(metadata.delete_manifest("images", M1))
+    assert listed(metadata) == []
+    assert result_of(metadata.catalog(None, None)) == []
+
+    # Pushed again: listed again.
+    result_of(metadata.finish_upload("u1", "blobs", M3))
+    assert result_of(metadata.catalog(None, None)) == ["blobs"]
+    assert result_of(metadata.repo_exists("blobs"))
+
+
+def test_a_failed_write_leaves_the_repositories_alone(metadata: Metadata) -> None:
+    """A repository added by a transaction that rolls back is not listed (same transaction)."""
+
+    def fail(c: Any) -> None:
+        c.execute("INSERT INTO repo_blobs (repo, digest, created) VALUES (?, ?, ?)", ("ghost", M1, 1.0))
+        raise RuntimeError("rolled back")
+
+    with pytest.raises(RuntimeError):
+        result_of(metadata._write(fail))  # type: ignore[attr-defined]
+    assert listed(metadata) == []
+
+
+def test_catalog_pages_in_byte_order(metadata: Metadata) -> None:
+    """Pages of the catalog, each after the last name of the one before, list every repository
+    once in byte order (upper case before '_' before lower case, '/' before letters)."""
+    names = ["a", "a/b", "a-b", "a.b", "a_b", "ab", "B", "f/docker.io/x", "z/9", "z/10"]
+    for name in names:
+        result_of(metadata.link_blob(name, M1))
+    seen: list[str] = []
+    last = None
+    while True:
+        page = result_of(metadata.catalog(3, last))
+        seen += page
+        if len(page) < 3:
+            break
+        last = page[-1]
+    assert seen == sorted(names, key=lambda n: n.encode())
+
+
+def test_catalog_page_reads_the_repositories_index(metadata: Metadata) -> None:
+    """A catalog page is a range read on the primary key of the repositories table: no scan of
+    manifests or links, no sort (the plan of the backend's own query planner, with enough rows
+    that PostgreSQL prefers the index)."""
+    from trow.storage.sql import SqlMetadata
+
+    query = SqlMetadata.CATALOG_QUERY
+    assert "FROM repositories" in query and "manifests" not in query and "repo_blobs" not in query
+    if isinstance(metadata, SqliteMetadata):
+        for name in ("a", "b", "c"):
+            result_of(metadata.link_blob(name, M1))
+        plan = " ".join(r[3] for r in metadata._conn.execute("EXPLAIN QUERY PLAN " + query, ("b", 10)))
+        assert "SEARCH repositories USING PRIMARY KEY (repo>?)" in plan, plan
+        assert "TEMP B-TREE" not in plan, plan
+    else:
+
+        def explain(c: Any) -> str:
+            c.execute("INSERT INTO repositories (repo) SELECT 'r' || lpad(i::text, 6, '0') FROM generate_series(1, 20000) i")
+            c.execute("ANALYZE repositories")
+            return "\n".join(r[0] for r in c.execute("EXPLAIN " + query, ("r010000", 100)))
+
+        plan = result_of(metadata._write(explain))  # type: ignore[attr-defined]
+        assert "Index Only Scan using repositories_pkey" in plan or "Index Scan using repositories_pkey" in plan, plan
+        assert "Sort" not in plan and "Seq Scan" not in plan, plan
+
+
+def test_sweeps_and_evictions_unlist_what_they_empty(world: World) -> None:
+    """Garbage collection deletes rows too: a repository whose only link is swept, or whose
+    cached images are all evicted, leaves the catalog; the others stay."""
+    world.push_image("team/app", "v1", [blob("kept")])
+    world.push_blob("team/scratch", blob("orphan"))
+    world.cache_image(CACHE, "v1", [blob("cached", 10_000)])
+    world.cache_image(OTHER_CACHE, "v1", [blob("other", 10_000)])
+    assert result_of(world.metadata.catalog(None, None)) == [CACHE, OTHER_CACHE, "team/app", "team/scratch"]
+    world.later(2 * HOUR)
+    assert world.gc(grace=HOUR).swept == (("team/scratch", digest(blob("orphan"))),)
+    assert result_of(world.metadata.catalog(None, None)) == [CACHE, OTHER_CACHE, "team/app"]
+    world.later(60)
+    world.gc(max_size=1, low_water=0.0)
+    assert result_of(world.metadata.catalog(None, None)) == ["team/app"]
+    assert not result_of(world.metadata.repo_exists(CACHE))
+    # Cached again: listed again.
+    world.cache_image(CACHE, "v2", [blob("again", 10_000)])
+    assert result_of(world.metadata.catalog(None, None)) == [CACHE, "team/app"]
+
+
+def fill_repositories(metadata: Metadata, names: list[str]) -> None:
+    """One blob link in each of C{names}, in one transaction (the triggers list them)."""
+
+    def fill(c: Any) -> None:
+        c.executemany("INSERT INTO repo_blobs (repo, digest, created) VALUES (?, ?, ?)", [(n, M1, 1.0) for n in names])
+
+    result_of(metadata._write(fill))  # type: ignore[attr-defined]
+
+
+class CountingMetadata:
+    """Counts the names the catalog hands out (what a request reads of the index)."""
+
+    def __init__(self, metadata: Metadata) -> None:
+        self.metadata = metadata
+        self.read = 0
+
+    def catalog(self, limit: int | None, last: str | None) -> "Deferred[list[str]]":
+        def count(names: list[str]) -> list[str]:
+            self.read += len(names)
+            return names
+
+        return self.metadata.catalog(limit, last).addCallback(count)
+
+
+def walk_catalog(registry: Registry, n: int, visible: Callable[[str], bool]) -> list[tuple[list[str], str | None]]:
+    """Every page of a filtered catalog, following each page's next C{last}."""
+    pages = []
+    last = None
+    while True:
+        page = run(registry.catalog(str(n), last, visible))
+        pages.append((page.items, page.next_last))
+        if page.next_last is None:
+            return pages
+        assert page.next_last > (last or ""), "pages must move forward"
+        last = page.next_last
+
+
+@pytest.mark.parametrize("every", [1, 7, 100])
+def test_filtered_catalog_pages_are_full_and_complete(
+    metadata: Metadata, store: BlobStore, uploads: UploadFiles, every: int
+) -> None:
+    """A client who may see 1 repository in C{every} gets full pages: every page but the last
+    holds n names, together they list each visible repository once, in order; when the page
+    is full and more follow, the next page starts after its last (visible) name."""
+    names = [f"r{i:05d}" for i in range(2000)]
+    fill_repositories(metadata, names)
+    shown = set(names[::every])
+    registry = Registry(store, uploads, metadata, 4 << 20)
+    pages = walk_catalog(registry, 3, shown.__contains__)
+    assert [name for items, _ in pages for name in items] == sorted(shown)
+    assert all(len(items) == 3 for items, _ in pages[:-1])
+    assert 0 < len(pages[-1][0]) <= 3
+    if every < 100:
+        # The next visible name was found within the budget: the Link names the page's last.
+        assert all(last == items[-1] for items, last in pages[:-1])
+
+
+def test_filtered_catalog_bounds_the_names_read(metadata: Metadata, store: BlobStore, uploads: UploadFiles) -> None:
+    """A client who sees almost nothing gets short (even empty) pages, each read of at most the
+    budget of names, that still lead through the whole list without skipping a name."""
+    names = [f"r{i:05d}" for i in range(2000)]
+    fill_repositories(metadata, names)
+    shown = {"r00000", "r00999", "r01998"}
+    counting = CountingMetadata(metadata)
+    registry = Registry(store, uploads, counting, 4 << 20)  # type: ignore[arg-type]
+    budget = 3 * service.CATALOG_SCAN_PER_NAME
+    reads = []
+    last = None
+    seen: list[str] = []
+    while True:
+        counting.read = 0
+        page = run(registry.catalog("3", last, shown.__contains__))
+        reads.append(counting.read)
+        seen += page.items
+        if page.next_last is None:
+            break
+        last = page.next_last
+    assert seen == sorted(shown)
+    assert max(reads) <= budget
+    assert len(reads) <= len(names) // budget + 1
+
+
+def test_filtered_catalog_scan_is_capped(
+    metadata: Metadata, store: BlobStore, uploads: UploadFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever n, one request reads at most CATALOG_SCAN_MAX names."""
+    monkeypatch.setattr(service, "CATALOG_SCAN_MAX", 250)
+    fill_repositories(metadata, [f"r{i:05d}" for i in range(1000)])
+    counting = CountingMetadata(metadata)
+    registry = Registry(store, uploads, counting, 4 << 20)  # type: ignore[arg-type]
+    page = run(registry.catalog("100", None, lambda name: name == "r00999"))
+    assert page.items == [] and page.next_last == "r00249"
+    assert counting.read == 250
+
+
 def test_manifest_round_trip(metadata: Metadata) -> None:
     """A stored manifest record comes back whole, by digest and by tag."""
     rec = record("r", M1, subject=SUBJECT, artifact_type="application/x.sig", annotations={"k": "v", "a": "b"})
@@ -922,9 +1138,108 @@ def test_sqlite_data_dir_of_an_older_trow_is_migrated(tmp_path: Path) -> None:
     db = SqliteMetadata(path, InlineWorker())
     try:
         assert result_of(db.get_upload("u1")) == UploadRecord("u1", "r", 1.0, -1)
-        assert db._conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert db._conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     finally:
         db.close()
+
+
+def test_sqlite_data_dir_of_version_1_lists_its_repositories(tmp_path: Path) -> None:
+    """A trow.db of schema version 1 (no repositories table) gains it, filled from its manifests
+    and links; the triggers keep it from there."""
+    path = str(tmp_path / "trow.db")
+    db = SqliteMetadata(path, InlineWorker())
+    result_of(db.put_manifest(record("images", M1), [], ["v1"]))
+    result_of(db.link_blob("blobs", M2))
+    result_of(db.link_blob("images", M2))
+    db.close()
+    # Back to version 1: what an older trow left.
+    old = sqlite3.connect(path)
+    for (trigger,) in old.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'repo_%'").fetchall():
+        old.execute(f"DROP TRIGGER {trigger}")
+    old.execute("DROP TABLE repositories")
+    old.execute("PRAGMA user_version = 1")
+    old.commit()
+    old.close()
+    again = SqliteMetadata(path, InlineWorker())
+    try:
+        assert again._conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert result_of(again.catalog(None, None)) == ["blobs", "images"]
+        assert result_of(again.unlink_blob("blobs", M2))
+        assert result_of(again.catalog(None, None)) == ["images"]
+    finally:
+        again.close()
+
+
+def test_postgres_migration_3_lists_existing_repositories(pg_schema_url: str) -> None:
+    """A PostgreSQL database migrated before version 3 gains the repositories table, filled from
+    its manifests and links; the triggers keep it from there."""
+    db = open_postgres(pg_schema_url)
+    try:
+        result_of(db.put_manifest(record("images", M1), [], ["v1"]))
+        result_of(db.link_blob("blobs", M2))
+        result_of(db.link_blob("images", M2))
+    finally:
+        db.close()
+    with psycopg.connect(pg_schema_url, autocommit=True) as conn:
+        conn.execute("DROP TABLE repositories")
+        conn.execute("DROP FUNCTION trow_repo_listed, trow_repo_unlisted CASCADE")
+        conn.execute("DELETE FROM trow_schema WHERE version = 3")
+    again = open_postgres(pg_schema_url)
+    try:
+        assert result_of(again.catalog(None, None)) == ["blobs", "images"]
+        assert result_of(again.unlink_blob("blobs", M2))
+        assert result_of(again.catalog(None, None)) == ["images"]
+    finally:
+        again.close()
+
+
+def _blocked_on_a_lock(url: str, pid: int) -> bool:
+    """Wait (up to 10 s) until backend C{pid} waits for a lock; False if it never does."""
+    with psycopg.connect(url, autocommit=True) as watcher:
+        for _ in range(200):
+            if watcher.execute("SELECT 1 FROM pg_locks WHERE pid = %s AND NOT granted", (pid,)).fetchone():
+                return True
+            time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("first", ["delete", "insert"])
+def test_postgres_concurrent_add_and_last_delete_keep_the_repository_exact(pg_schema_url: str, first: str) -> None:
+    """One transaction deletes the last link of a repository while another stores a manifest in
+    it (READ COMMITTED: neither sees the other's row). Whichever goes first, the second waits on
+    the repository's row and then sees the first's outcome: the repository stays listed."""
+    db = open_postgres(pg_schema_url)
+    try:
+        result_of(db.link_blob("r", M1))
+    finally:
+        db.close()
+    delete = "DELETE FROM repo_blobs WHERE repo = 'r'"
+    insert = "INSERT INTO manifests (repo, digest, media_type, size, created) VALUES ('r', %s, 'x', 1, 1)"
+    with psycopg.connect(pg_schema_url) as one, psycopg.connect(pg_schema_url) as two:
+        if first == "delete":
+            one.execute(delete)
+            second, statement, params = two, insert, (M2,)
+        else:
+            one.execute(insert, (M2,))
+            second, statement, params = two, delete, ()
+        errors: list[BaseException] = []
+
+        def run_second() -> None:
+            try:
+                second.execute(statement, params)
+                second.commit()
+            except BaseException as e:  # reported by the test thread
+                errors.append(e)
+
+        thread = threading.Thread(target=run_second)
+        thread.start()
+        assert _blocked_on_a_lock(pg_schema_url, second.info.backend_pid)
+        one.commit()
+        thread.join(10)
+        assert not thread.is_alive() and not errors, errors
+        listed_now = [r[0] for r in one.execute("SELECT repo FROM repositories").fetchall()]
+        one.commit()
+    assert listed_now == ["r"]
 
 
 def test_sqlite_schema_newer_than_the_code_is_refused(tmp_path: Path) -> None:
@@ -933,7 +1248,7 @@ def test_sqlite_schema_newer_than_the_code_is_refused(tmp_path: Path) -> None:
     newer = sqlite3.connect(path)
     newer.execute("PRAGMA user_version = 99")
     newer.close()
-    with pytest.raises(SchemaTooNew, match="version 99, newer than this trow's 1"):
+    with pytest.raises(SchemaTooNew, match=f"version 99, newer than this trow's {SCHEMA_VERSION}"):
         SqliteMetadata(path, InlineWorker())
 
 

@@ -40,6 +40,7 @@ from trow.proxy.peers import PEER_PATH, SIGNATURE_HEADER, peer_signature_ok
 from trow.storage.metadata import MetadataUnavailable
 from trow.registry.service import CHUNK_MIN_LENGTH, BlobCreated, BlobSource, Page, Registry, UploadStarted
 from trow.storage.reader import FileRangeProducer
+from trow.registry.service import DEFAULT_PAGE
 
 _log = Logger()
 
@@ -408,16 +409,15 @@ class RegistryAPI:
             raise RegistryError("UNSUPPORTED", "only GET is supported on /v2/_catalog")
         identity = await self.auth.require_catalog(request)
         n = query(request, "n")
-        page = await self.registry.catalog(n, query(request, "last"))
-        if self.auth.enabled:
-            # Only what this client may pull (a filtered page may come out short; the Link still
-            # leads on).
-            page = Page([r for r in page.items if self.auth.can_pull(identity, r)], page.next_last)
+        # Only what this client may pull: the registry reads on past hidden names to fill the page.
+        visible = (lambda repo: self.auth.can_pull(identity, repo)) if self.auth.enabled else None
+        page = await self.registry.catalog(n, query(request, "last"), visible)
         return send_json(
             request,
             200,
             {"repositories": page.items},
-            self._link(request, "/v2/_catalog", page, n or str(len(page.items))),
+            # Without n, the next page is a default one too (a filtered page may be short).
+            self._link(request, "/v2/_catalog", page, n or str(DEFAULT_PAGE)),
         )
 
     async def _referrers_get(self, request: IRequest, registry: Any, name: str, digest: str, identity: Identity) -> Any:

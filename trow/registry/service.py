@@ -35,6 +35,15 @@ _CONTENT_RANGE = re.compile(r"^\s*(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?\s*$"
 DEFAULT_PAGE = 1000
 MAX_PAGE = 10000
 
+# A filtered catalog page (a client who may pull only some repositories) looks at up to this many
+# names per name asked for, and never more than CATALOG_SCAN_MAX in one request: full pages for a
+# client who sees 1 repository in 100, and a bounded cost for one who sees almost none (a short
+# page whose Link goes on after the last name looked at).
+CATALOG_SCAN_PER_NAME = 100
+CATALOG_SCAN_MAX = 50_000
+# The most names one db call fetches while filling a filtered page.
+CATALOG_CHUNK_MAX = 10_000
+
 # Advertised as OCI-Chunk-Min-Length: trow takes chunks of any size, this only asks clients that
 # care not to send tiny ones (each chunk costs a request and an fsync-free append).
 CHUNK_MIN_LENGTH = 1 << 16
@@ -527,10 +536,42 @@ class Registry:
             raise RegistryError("NAME_UNKNOWN", f"repository {repo} is not known to this registry", {"name": repo})
         return await self._page(lambda lim: self.metadata.list_tags(repo, lim, last), limit)
 
-    async def catalog(self, n: str | None, last: str | None) -> Page:
-        """A page of repository names in lexical order."""
+    async def catalog(self, n: str | None, last: str | None, visible: Callable[[str], bool] | None = None) -> Page:
+        """A page of repository names in lexical order; with C{visible}, only the names it
+        accepts (those the client may pull), as many as asked for while the scan budget lasts."""
         limit = page_size(n, DEFAULT_PAGE)
-        return await self._page(lambda lim: self.metadata.catalog(lim, last), limit)
+        if visible is None or limit is None:
+            return await self._page(lambda lim: self.metadata.catalog(lim, last), limit)
+        return await self._filtered_catalog(limit, last, visible)
+
+    async def _filtered_catalog(self, limit: int, last: str | None, visible: Callable[[str], bool]) -> Page:
+        """Read the catalog after C{last} in growing chunks until C{limit} visible names and one
+        more are found (a full page, and more to come), the list ends, or the budget is spent.
+
+        The next page starts after the last name returned when the page is full, else after the
+        last name looked at: no name is skipped or listed twice."""
+        if limit == 0:
+            return Page([], None)
+        budget = max(limit + 1, min(limit * CATALOG_SCAN_PER_NAME, CATALOG_SCAN_MAX))
+        found: list[str] = []
+        scanned = 0
+        cursor = last
+        chunk = limit + 1
+        while True:
+            names = await self.metadata.catalog(chunk, cursor)
+            for name in names:
+                scanned += 1
+                cursor = name
+                if visible(name):
+                    if len(found) == limit:
+                        return Page(found, found[-1])
+                    found.append(name)
+                if scanned >= budget:
+                    return Page(found, cursor)
+            if len(names) < chunk:
+                return Page(found, None)
+            # Few visible so far: fetch more at once (fewer round trips), within the budget.
+            chunk = min(chunk * 2, budget - scanned, CATALOG_CHUNK_MAX)
 
     @staticmethod
     async def _page(fetch: Callable[[int | None], "Deferred[list[str]]"], limit: int | None) -> Page:

@@ -152,6 +152,53 @@ MIGRATIONS.append(
         ],
     )
 )
+MIGRATIONS.append(
+    (
+        3,
+        [
+            # Every repository that holds a manifest or a blob link, what the catalog pages
+            # through by its primary key; the triggers keep it exact, as in the sqlite schema.
+            f"CREATE TABLE repositories (repo {TEXT} PRIMARY KEY)",
+            # Under READ COMMITTED a transaction that adds a row to a repository and one that
+            # deletes its last other row could each miss the other's: the repository's row is
+            # the lock they meet on. Adding takes it FOR KEY SHARE (concurrent pushes do not
+            # wait on each other) or inserts it; a delete takes it FOR UPDATE, then looks again
+            # (a new snapshot per statement) for rows of the repository.
+            """CREATE FUNCTION trow_repo_listed() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                LOOP
+                    PERFORM 1 FROM repositories WHERE repo = NEW.repo FOR KEY SHARE;
+                    IF FOUND THEN
+                        RETURN NULL;
+                    END IF;
+                    INSERT INTO repositories (repo) VALUES (NEW.repo) ON CONFLICT DO NOTHING;
+                    IF FOUND THEN
+                        RETURN NULL;
+                    END IF;
+                END LOOP;
+            END $$""",
+            "CREATE TRIGGER repo_listed_by_link AFTER INSERT ON repo_blobs FOR EACH ROW EXECUTE FUNCTION trow_repo_listed()",
+            "CREATE TRIGGER repo_listed_by_manifest AFTER INSERT ON manifests "
+            "FOR EACH ROW EXECUTE FUNCTION trow_repo_listed()",
+            """CREATE FUNCTION trow_repo_unlisted() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                PERFORM 1 FROM repositories WHERE repo = OLD.repo FOR UPDATE;
+                IF NOT EXISTS (SELECT 1 FROM repo_blobs WHERE repo = OLD.repo)
+                        AND NOT EXISTS (SELECT 1 FROM manifests WHERE repo = OLD.repo) THEN
+                    DELETE FROM repositories WHERE repo = OLD.repo;
+                END IF;
+                RETURN NULL;
+            END $$""",
+            "CREATE TRIGGER repo_unlisted_by_link AFTER DELETE ON repo_blobs "
+            "FOR EACH ROW EXECUTE FUNCTION trow_repo_unlisted()",
+            "CREATE TRIGGER repo_unlisted_by_manifest AFTER DELETE ON manifests "
+            "FOR EACH ROW EXECUTE FUNCTION trow_repo_unlisted()",
+            # The repositories of rows made before this migration. Replicas of an older trow
+            # writing meanwhile wait: CREATE TRIGGER locked both tables against writes.
+            "INSERT INTO repositories (repo) SELECT repo FROM manifests UNION SELECT repo FROM repo_blobs",
+        ],
+    )
+)
 
 _NOW = "extract(epoch from clock_timestamp())"
 

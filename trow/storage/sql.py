@@ -158,25 +158,22 @@ class SqlMetadata:
 
         return self._read(query)
 
+    # The table C{repositories} lists each repository that holds a manifest or a blob link; the
+    # backends' triggers add it with its first row and remove it with its last, in the same
+    # transaction. Both reads below go through its primary key: a catalog page costs its size.
+    CATALOG_QUERY = "SELECT repo FROM repositories WHERE repo > ? ORDER BY repo LIMIT ?"
+
     def repo_exists(self, repo: str) -> "Deferred[bool]":
         """Does C{repo} hold any manifest or blob?"""
         return self._read(
-            lambda c: c.execute(
-                "SELECT 1 FROM manifests WHERE repo = ? UNION ALL SELECT 1 FROM repo_blobs WHERE repo = ? LIMIT 1",
-                (repo, repo),
-            ).fetchone()
-            is not None
+            lambda c: c.execute("SELECT 1 FROM repositories WHERE repo = ?", (repo,)).fetchone() is not None
         )
 
     def catalog(self, limit: int | None, last: str | None) -> "Deferred[list[str]]":
         """Repository names in lexical (byte) order, after C{last}, at most C{limit}."""
 
         def query(c: Connection) -> list[str]:
-            rows = c.execute(
-                "SELECT repo FROM (SELECT repo FROM manifests UNION SELECT repo FROM repo_blobs) AS r "
-                "WHERE repo > ? ORDER BY repo LIMIT ?",
-                (last or "", NO_LIMIT if limit is None else limit),
-            )
+            rows = c.execute(self.CATALOG_QUERY, (last or "", NO_LIMIT if limit is None else limit))
             return [r[0] for r in rows]
 
         return self._read(query)

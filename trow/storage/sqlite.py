@@ -21,8 +21,9 @@ from trow.workers import Worker
 T = TypeVar("T")
 
 # PRAGMA user_version of the schema below. 0: a data dir from before versions (the tables are
-# made with IF NOT EXISTS, so it gains the new ones); 1: uploads.size holds the session's offset.
-SCHEMA_VERSION = 1
+# made with IF NOT EXISTS, so it gains the new ones); 1: uploads.size holds the session's offset;
+# 2: the repositories table lists every repository (backfilled from manifests and repo_blobs).
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS repo_blobs (
@@ -101,6 +102,29 @@ CREATE TRIGGER IF NOT EXISTS gc_swept_referenced AFTER INSERT ON manifest_refs
         WHERE NOT EXISTS (SELECT 1 FROM repo_blobs WHERE repo = NEW.repo AND digest = NEW.child);
     DELETE FROM gc_swept WHERE repo = NEW.repo AND digest = NEW.child;
 END;
+-- repositories: every repository that holds a manifest or a blob link, what the catalog pages
+-- through by its primary key (a page costs its size, not the number of rows). The triggers keep it
+-- exact in the transaction that adds a repository's first row or deletes its last, whatever
+-- deletes it (API, sweep, eviction). Guarded INSERTs, not OR IGNORE: see gc_link_made.
+CREATE TABLE IF NOT EXISTS repositories (repo TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS repo_listed_by_link AFTER INSERT ON repo_blobs BEGIN
+    INSERT INTO repositories (repo) SELECT NEW.repo
+        WHERE NOT EXISTS (SELECT 1 FROM repositories WHERE repo = NEW.repo);
+END;
+CREATE TRIGGER IF NOT EXISTS repo_listed_by_manifest AFTER INSERT ON manifests BEGIN
+    INSERT INTO repositories (repo) SELECT NEW.repo
+        WHERE NOT EXISTS (SELECT 1 FROM repositories WHERE repo = NEW.repo);
+END;
+CREATE TRIGGER IF NOT EXISTS repo_unlisted_by_link AFTER DELETE ON repo_blobs
+    WHEN NOT EXISTS (SELECT 1 FROM repo_blobs WHERE repo = OLD.repo)
+    AND NOT EXISTS (SELECT 1 FROM manifests WHERE repo = OLD.repo) BEGIN
+    DELETE FROM repositories WHERE repo = OLD.repo;
+END;
+CREATE TRIGGER IF NOT EXISTS repo_unlisted_by_manifest AFTER DELETE ON manifests
+    WHEN NOT EXISTS (SELECT 1 FROM repo_blobs WHERE repo = OLD.repo)
+    AND NOT EXISTS (SELECT 1 FROM manifests WHERE repo = OLD.repo) BEGIN
+    DELETE FROM repositories WHERE repo = OLD.repo;
+END;
 """
 
 
@@ -143,6 +167,13 @@ class SqliteMetadata(SqlMetadata):
                     c.execute("UPDATE uploads SET size = -1")
             for statement in _statements(_SCHEMA):
                 c.execute(statement)
+            if version < 2:
+                # Repositories of an older trow: listed from their rows, once (the triggers keep
+                # the table from now on).
+                c.execute(
+                    "INSERT INTO repositories (repo) SELECT repo FROM "
+                    "(SELECT repo FROM manifests UNION SELECT repo FROM repo_blobs) WHERE true ON CONFLICT DO NOTHING"
+                )
             c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             c.execute("COMMIT")
         except BaseException:

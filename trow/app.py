@@ -280,6 +280,7 @@ def build_service(settings: Any, reactor: Any) -> MultiService:
             settings.peer_url,
             busy=lambda: set(registry.reading) | set(fetcher.downloads),
             on_fatal=lambda _: reactor.stop(),
+            metrics=metrics,
         )
         replicas.setServiceParent(root)
     # Stopped after the listeners and downloads, before the workers they run on.

@@ -46,6 +46,8 @@ Replicas (C{--database}), recorded by L{trow.proxy.peers} and the peer endpoint:
   - C{trow_download_leases_total} (outcome): L{Metrics.download_lease}.
   - C{trow_peer_streams_total} (role), C{trow_peer_bytes_total} (role): L{Metrics.peer_stream},
     L{Metrics.peer_bytes}.
+  - C{trow_replicas} and C{trow_database_up}: gauges set by L{trow.replicas.ReplicaSet} at every
+    heartbeat (the attributes C{replicas_alive} and C{database_up}).
 
 The webhook, recorded by L{trow.api.webhook}: C{trow_webhook_decisions_total} (webhook,
 decision): L{Metrics.webhook_decision}.
@@ -255,6 +257,12 @@ class Metrics:
             "Blob streams between replicas: served to a peer, or read from one.",
             ["role"],
             registry=r,
+        )
+        self.replicas_alive = Gauge(
+            "trow_replicas", "Replicas sharing this one's database whose heartbeat is recent (itself included).", registry=r
+        )
+        self.database_up = Gauge(
+            "trow_database_up", "1 while the metadata database answers this replica's heartbeat, else 0.", registry=r
         )
         self._peer_bytes = Counter(
             "trow_peer_bytes_total", "Blob bytes between replicas, served to peers or read from them.", ["role"], registry=r

@@ -21,6 +21,7 @@ from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from trow.metrics import Metrics
 from trow.storage.blobs import BlobStore
 from trow.storage.metadata import MetadataUnavailable
 from trow.storage.postgres import PostgresMetadata, SchemaTooNew
@@ -58,6 +59,7 @@ class ReplicaSet(Service):
         peer_url: str,
         busy: Callable[[], Iterable[str]],
         on_fatal: Callable[[str], object] | None = None,
+        metrics: Metrics | None = None,
         beat: float = BEAT,
         dead_after: float = DEAD_AFTER,
     ) -> None:
@@ -69,6 +71,7 @@ class ReplicaSet(Service):
         self.peer_url = peer_url
         self._busy = busy
         self._on_fatal = on_fatal
+        self.metrics = metrics or Metrics()
         self._beat = beat
         self._dead_after = dead_after
         self._call: IDelayedCall | None = None
@@ -127,6 +130,7 @@ class ReplicaSet(Service):
                 self._on_fatal(str(e))
             return
         except MetadataUnavailable as e:
+            self.metrics.database_up.set(0)
             if not self._reported_down:
                 _log.warn("{reason}; retrying (readiness answers 503 meanwhile)", reason=str(e))
                 self._reported_down = True
@@ -149,6 +153,8 @@ class ReplicaSet(Service):
     async def _heartbeat(self) -> None:
         live = await self.metadata.replica_beat(self.replica_id, self._own_url(), self._busy(), self._dead_after)
         self.peers = {replica: url for replica, url, _ in live}
+        self.metrics.database_up.set(1)
+        self.metrics.replicas_alive.set(len(self.peers))
         self.peer_busy = frozenset(d for replica, _, busy in live if replica != self.replica_id for d in busy)
         self.beats += 1
         if self.beats % 60 == 1:

@@ -150,7 +150,11 @@ def add_gc(
     def in_use(digest: str) -> bool:
         # Streamed or looked up right now, or still downloading, here or on a peer replica:
         # never deleted under a client.
-        return registry.reading[digest] > 0 or digest in fetcher.downloads or (replicas is not None and replicas.in_use(digest))
+        return (
+            digest in registry.reading
+            or digest in fetcher.downloads
+            or (replicas is not None and replicas.in_use(digest))
+        )
 
     def observe(result: PassResult) -> None:
         for repo, digest in result.evicted:
@@ -278,7 +282,7 @@ def build_service(settings: Any, reactor: Any) -> MultiService:
             reactor,
             replica_id,
             settings.peer_url,
-            busy=lambda: set(registry.reading) | set(fetcher.downloads),
+            busy=lambda: registry.blobs_in_use() | set(fetcher.downloads),
             on_fatal=lambda _: reactor.stop(),
             metrics=metrics,
         )

@@ -8,8 +8,7 @@ from twisted.internet.defer import ensureDeferred
 from twisted.web.iweb import IRequest
 
 from trow.api.http import send_json
-from trow.storage.blobs import BlobStore
-from trow.storage.metadata import Metadata, MetadataUnavailable
+from typing import Awaitable, Callable
 
 
 def healthz(request: IRequest) -> bytes:
@@ -17,20 +16,13 @@ def healthz(request: IRequest) -> bytes:
     return send_json(request, 200, {"status": "ok"})
 
 
-def readiness(request: IRequest, store: BlobStore, metadata: Metadata | None = None) -> Any:
-    """Ready only if the data dir takes a durable write (a full or read-only disk says no) and
-    the metadata store answers (with --database: PostgreSQL is reachable and migrated)."""
+def readiness(request: IRequest, unready: Callable[[], Awaitable[str | None]]) -> Any:
+    """200 if C{unready()} finds nothing wrong, else 503 with its reason."""
 
     async def check() -> bytes:
-        try:
-            await store.check_writable()
-        except OSError as e:
-            return send_json(request, 503, {"status": "unavailable", "reason": f"data dir is not writable: {e.strerror or e}"})
-        if metadata is not None:
-            try:
-                await metadata.ping()
-            except MetadataUnavailable as e:
-                return send_json(request, 503, {"status": "unavailable", "reason": str(e)})
+        reason = await unready()
+        if reason is not None:
+            return send_json(request, 503, {"status": "unavailable", "reason": reason})
         return send_json(request, 200, {"status": "ready"})
 
     return ensureDeferred(check())

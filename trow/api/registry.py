@@ -38,6 +38,8 @@ from trow.auth.service import Authenticator, Identity
 from trow.registry.errors import RegistryError
 from trow.proxy.peers import PEER_PATH, SIGNATURE_HEADER, peer_signature_ok
 from trow.storage.metadata import MetadataUnavailable
+from trow.proxy.service import ProxyRegistry
+from trow.registry.interface import Repositories
 from trow.registry.service import CHUNK_MIN_LENGTH, BlobCreated, BlobSource, Page, Registry, UploadStarted
 from trow.storage.reader import FileRangeProducer
 from trow.registry.service import DEFAULT_PAGE
@@ -109,7 +111,11 @@ class RegistryAPI:
     app.url_map.converters["anypath"] = _AnyPath
 
     def __init__(
-        self, registry: Registry, proxy: Any = None, auth: AuthAPI | None = None, peer_key: bytes | None = None
+        self,
+        registry: Registry,
+        proxy: ProxyRegistry | None = None,
+        auth: AuthAPI | None = None,
+        peer_key: bytes | None = None,
     ) -> None:
         self.registry = registry
         self.proxy = proxy
@@ -242,11 +248,11 @@ class RegistryAPI:
     @app.route("/readiness", methods=["GET", "HEAD"])
     def readiness(self, request: IRequest) -> Any:
         request.trow_route = "readiness"  # type: ignore[attr-defined]
-        return health.readiness(request, self.registry.blobs, self.registry.metadata)
+        return health.readiness(request, self.registry.unready)
 
     # -- manifests --------------------------------------------------------------------------
 
-    async def _manifest_get(self, request: IRequest, registry: Any, name: str, reference: str, identity: Identity) -> Any:
+    async def _manifest_get(self, request: IRequest, registry: Repositories, name: str, reference: str, identity: Identity) -> Any:
         manifest = await registry.get_manifest(name, reference, headers_all(request, "Accept"))
         return send_bytes(
             request,
@@ -256,7 +262,7 @@ class RegistryAPI:
             {"Docker-Content-Digest": manifest.record.digest, "ETag": f'"{manifest.record.digest}"'},
         )
 
-    async def _manifest_put(self, request: IRequest, registry: Any, name: str, reference: str, identity: Identity) -> Any:
+    async def _manifest_put(self, request: IRequest, registry: Registry, name: str, reference: str, identity: Identity) -> Any:
         body = await request_body(request)
         stored = await registry.put_manifest(
             name, reference, header(request, "Content-Type"), body, query_all(request, "tag")
@@ -272,24 +278,18 @@ class RegistryAPI:
             request.responseHeaders.setRawHeaders(b"OCI-Tag", [t.encode() for t in stored.tags])
         return send_empty(request, 201, headers)
 
-    async def _manifest_delete(self, request: IRequest, registry: Any, name: str, reference: str, identity: Identity) -> Any:
+    async def _manifest_delete(self, request: IRequest, registry: Registry, name: str, reference: str, identity: Identity) -> Any:
         await registry.delete_manifest(name, reference)
         return send_empty(request, 202)
 
     # -- blobs ------------------------------------------------------------------------------
 
-    async def _blob_get(self, request: IRequest, registry: Any, name: str, digest: str, identity: Identity) -> Any:
+    async def _blob_get(self, request: IRequest, registry: Repositories, name: str, digest: str, identity: Identity) -> Any:
         # From the lookup to the last byte sent, garbage collection leaves this blob alone.
-        reading = self.registry.reading
-        reading[digest] += 1
-        try:
+        with self.registry.reading_blob(digest):
             return await self._send_blob(request, registry, name, digest)
-        finally:
-            reading[digest] -= 1
-            if reading[digest] <= 0:
-                del reading[digest]
 
-    async def _send_blob(self, request: IRequest, registry: Any, name: str, digest: str) -> Any:
+    async def _send_blob(self, request: IRequest, registry: Repositories, name: str, digest: str) -> Any:
         return await self._send_source(request, await registry.blob_source(name, digest))
 
     async def _send_source(self, request: IRequest, source: BlobSource) -> Any:
@@ -328,7 +328,7 @@ class RegistryAPI:
                 pass
         return b""
 
-    async def _blob_delete(self, request: IRequest, registry: Any, name: str, digest: str, identity: Identity) -> Any:
+    async def _blob_delete(self, request: IRequest, registry: Registry, name: str, digest: str, identity: Identity) -> Any:
         await registry.delete_blob(name, digest)
         return send_empty(request, 202)
 
@@ -350,7 +350,7 @@ class RegistryAPI:
             {"Location": f"/v2/{name}/blobs/{created.digest}", "Docker-Content-Digest": str(created.digest)},
         )
 
-    async def _uploads_post(self, request: IRequest, registry: Any, name: str, identity: Identity) -> Any:
+    async def _uploads_post(self, request: IRequest, registry: Registry, name: str, identity: Identity) -> Any:
         digest = query(request, "digest")
         mount = query(request, "mount")
         source = query(request, "from")
@@ -369,23 +369,23 @@ class RegistryAPI:
         headers["OCI-Chunk-Min-Length"] = CHUNK_MIN_LENGTH
         return send_empty(request, 202, headers)
 
-    async def _upload_get(self, request: IRequest, registry: Any, name: str, upload_id: str, identity: Identity) -> Any:
+    async def _upload_get(self, request: IRequest, registry: Registry, name: str, upload_id: str, identity: Identity) -> Any:
         offset = await registry.upload_status(name, upload_id)
         return send_empty(request, 204, self._upload_headers(name, upload_id, offset))
 
-    async def _upload_patch(self, request: IRequest, registry: Any, name: str, upload_id: str, identity: Identity) -> Any:
+    async def _upload_patch(self, request: IRequest, registry: Registry, name: str, upload_id: str, identity: Identity) -> Any:
         body = await request_body(request)
         offset = await registry.append_upload(name, upload_id, body, header(request, "Content-Range"))
         return send_empty(request, 202, self._upload_headers(name, upload_id, offset))
 
-    async def _upload_put(self, request: IRequest, registry: Any, name: str, upload_id: str, identity: Identity) -> Any:
+    async def _upload_put(self, request: IRequest, registry: Registry, name: str, upload_id: str, identity: Identity) -> Any:
         body = await request_body(request)
         created = await registry.finish_upload(
             name, upload_id, query(request, "digest"), body, header(request, "Content-Range")
         )
         return self._created(request, name, created)
 
-    async def _upload_delete(self, request: IRequest, registry: Any, name: str, upload_id: str, identity: Identity) -> Any:
+    async def _upload_delete(self, request: IRequest, registry: Registry, name: str, upload_id: str, identity: Identity) -> Any:
         await registry.cancel_upload(name, upload_id)
         return send_empty(request, 204)
 
@@ -397,7 +397,7 @@ class RegistryAPI:
             return {}
         return {"Link": f'<{path}?n={n}&last={quote(page.next_last, safe="")}>; rel="next"'}
 
-    async def _tags_get(self, request: IRequest, registry: Any, name: str, identity: Identity) -> Any:
+    async def _tags_get(self, request: IRequest, registry: Repositories, name: str, identity: Identity) -> Any:
         n = query(request, "n")
         page = await registry.list_tags(name, n, query(request, "last"))
         return send_json(
@@ -420,7 +420,7 @@ class RegistryAPI:
             self._link(request, "/v2/_catalog", page, n or str(DEFAULT_PAGE)),
         )
 
-    async def _referrers_get(self, request: IRequest, registry: Any, name: str, digest: str, identity: Identity) -> Any:
+    async def _referrers_get(self, request: IRequest, registry: Repositories, name: str, digest: str, identity: Identity) -> Any:
         artifact_type = query(request, "artifactType")
         body = await registry.referrers(name, digest, artifact_type)
         headers: dict[str, str | int] = {}

@@ -11,7 +11,8 @@ import json
 import re
 import uuid
 from collections import Counter
-from typing import Callable, Protocol, Sequence, Union
+from contextlib import contextmanager
+from typing import Callable, Iterator, Protocol, Sequence, Union
 
 import attrs
 from twisted.internet.defer import Deferred, DeferredLock
@@ -179,6 +180,35 @@ class Registry:
         self._links = LinkMemo()
         # Blobs being looked up or streamed right now, by digest: garbage collection keeps them.
         self.reading: Counter[str] = Counter()
+
+    @contextmanager
+    def reading_blob(self, digest: str) -> Iterator[None]:
+        """Around a blob's lookup and streaming: garbage collection leaves it alone meanwhile."""
+        self.reading[digest] += 1
+        try:
+            yield
+        finally:
+            self.reading[digest] -= 1
+            if self.reading[digest] <= 0:
+                del self.reading[digest]
+
+    def blobs_in_use(self) -> set[str]:
+        """The digests being looked up or streamed right now."""
+        return set(self.reading)
+
+    async def unready(self) -> str | None:
+        """Why this registry cannot serve now, or None: the data dir must take a durable write
+        (a full or read-only disk says no) and the metadata must answer (with --database:
+        PostgreSQL is reachable and migrated)."""
+        try:
+            await self.blobs.check_writable()
+        except OSError as e:
+            return f"data dir is not writable: {e.strerror or e}"
+        try:
+            await self.metadata.ping()
+        except MetadataUnavailable as e:
+            return str(e)
+        return None
 
     def forget_manifest(self, repo: str, digest: str) -> None:
         """Drop a manifest from the in-memory cache (garbage collection removed it)."""

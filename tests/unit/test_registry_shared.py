@@ -40,7 +40,7 @@ class OutageMetadata:
             if self.down:
                 self.calls_while_down.append(name)
                 return fail(MetadataUnavailable("the database db.example/trow is unavailable: connection refused"))
-            return attribute(*args, **kwargs)  # type: ignore[no-any-return]
+            return attribute(*args, **kwargs)
 
         return call
 
@@ -50,7 +50,7 @@ def shared(trow: Trow) -> Trow:
     """A trow like the C{trow} fixture's (same stores), whose Registry treats its metadata as
     shared with other replicas, through an L{OutageMetadata}."""
     metadata = OutageMetadata(trow.stores.metadata)
-    registry = Registry(trow.stores.blobs, trow.stores.uploads, metadata, 4 * 2**20, shared=True)  # type: ignore[arg-type]
+    registry = Registry(trow.stores.blobs, trow.stores.uploads, metadata, 4 * 2**20, shared=True)
     return Trow(trow.root, trow.stores, registry, Client(RegistryAPI(registry).resource()))
 
 

@@ -255,6 +255,7 @@ def build_service(settings: Any, reactor: Any) -> MultiService:
         stores.metadata,
         settings.config.limits.max_manifest_size,
         shared=settings.database is not None,
+        writer=replica_id or "local",
     )
     tracker = AccessTracker(stores.metadata, reactor)
     replicas: ReplicaSet | None = None

@@ -349,15 +349,6 @@ RACE_ROUNDS = 3
 RACE_CHUNK = 32 * MIB
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "two PATCHes at the same offset on two replicas both write their chunk into the shared "
-        "uploads/<uuid> file at that offset before the offset compare-and-set (advance_upload) "
-        "decides the winner; the loser gets 416 but its bytes stay in the file, so the upload no "
-        "longer holds the winner's chunk"
-    ),
-)
 def test_racing_patches_on_two_replicas(make_replicas: Callable[..., list[TrowProcess]]) -> None:
     """Two PATCHes at the same offset of one session, let go at the same moment on two replicas,
     with different bytes: exactly one is taken (202), the other is refused with 416, the session

@@ -26,6 +26,7 @@ from trow.storage.blobs import BlobStore, HashingWriter, SpooledBody, hash_file
 from trow.storage.metadata import ManifestRecord, Metadata, UploadRecord
 from trow.storage.sqlite import SCHEMA_VERSION, SchemaTooNew, SqliteMetadata
 from tests.unit.harness import open_postgres
+from trow.storage.postgres import PostgresMetadata
 from tests.unit.test_gc import CACHE, HOUR, OTHER_CACHE, World, blob, digest, run, world
 import trow.registry.service as service
 from trow.registry.service import Registry
@@ -145,6 +146,14 @@ class Clock:
 def clock() -> Clock:
     """A hand-driven clock for the metadata's timestamps."""
     return Clock()
+
+
+@pytest.fixture
+def postgres_metadata(pg_schema_url: str, clock: Clock) -> Iterator[Metadata]:
+    """A fresh PostgreSQL metadata store (for what only that backend has)."""
+    db = open_postgres(pg_schema_url, InlineWorker(), clock)
+    yield db
+    db.close()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -1095,17 +1104,40 @@ def test_upload_sessions(metadata: Metadata, clock: Clock) -> None:
     assert result_of(metadata.get_upload("u1")) is None
 
 
-def test_advance_upload_is_a_compare_and_swap(metadata: Metadata, clock: Clock) -> None:
-    """The offset moves only from the value the writer saw: of two chunks written at one offset
-    (two replicas, say), one wins and the other is told; it counts as activity."""
+def test_one_writer_at_a_time_claims_an_upload(metadata: Metadata, clock: Clock) -> None:
+    """Two writers (two replicas) at one offset: the first claim wins, the second is refused
+    before it touches the file; the winner's advance moves the offset and ends its claim; a
+    claim counts as activity; a claim at a stale offset is refused."""
     result_of(metadata.create_upload("u1", "r"))
+    if isinstance(metadata, PostgresMetadata):
+        # Claims stand while their replica beats.
+        for replica in ("replica-a", "replica-b"):
+            result_of(metadata.replica_beat(replica, "http://" + replica, [], 30))
     clock.now += 7
-    assert result_of(metadata.advance_upload("u1", 0, 10)) is True
-    assert result_of(metadata.advance_upload("u1", 0, 12)) is False
+    assert result_of(metadata.claim_upload("u1", 0, "replica-a")) is True
+    assert result_of(metadata.claim_upload("u1", 0, "replica-b")) is False
+    assert result_of(metadata.gc_stale_uploads(1000.0 + 5)) == []
+    assert result_of(metadata.advance_upload("u1", 0, 10, "replica-b")) is False
+    assert result_of(metadata.advance_upload("u1", 0, 10, "replica-a")) is True
     record = result_of(metadata.get_upload("u1"))
     assert record is not None and record.size == 10
-    assert result_of(metadata.gc_stale_uploads(1000.0 + 5)) == []
-    assert result_of(metadata.advance_upload("nope", 0, 1)) is False
+    assert result_of(metadata.claim_upload("u1", 0, "replica-b")) is False  # the offset moved on
+    assert result_of(metadata.claim_upload("u1", 10, "replica-b")) is True
+    result_of(metadata.release_upload("u1", "replica-b"))
+    assert result_of(metadata.claim_upload("u1", 10, "replica-a")) is True
+    assert result_of(metadata.claim_upload("nope", 0, "replica-a")) is False
+
+
+def test_a_claim_of_a_dead_replica_is_void(postgres_metadata: Any) -> None:
+    """PostgreSQL: a claim by a replica whose heartbeat stopped no longer stands, so a session a
+    killed replica was writing can go on on another."""
+    db = postgres_metadata
+    result_of(db.create_upload("u1", "r"))
+    result_of(db.replica_beat("replica-a", "http://a", [], 30))
+    assert result_of(db.claim_upload("u1", 0, "replica-a")) is True
+    assert result_of(db.claim_upload("u1", 0, "replica-b")) is False
+    result_of(db._write(lambda c: c.execute("UPDATE replicas SET seen = seen - 60 WHERE id = ?", ("replica-a",))))
+    assert result_of(db.claim_upload("u1", 0, "replica-b")) is True
 
 
 def test_finish_upload_links_the_blob(metadata: Metadata) -> None:

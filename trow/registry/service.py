@@ -165,7 +165,13 @@ class Registry:
     """OCI distribution rules for repositories stored in this registry."""
 
     def __init__(
-        self, blobs: BlobStore, uploads: UploadFiles, metadata: Metadata, max_manifest_size: int, shared: bool = False
+        self,
+        blobs: BlobStore,
+        uploads: UploadFiles,
+        metadata: Metadata,
+        max_manifest_size: int,
+        shared: bool = False,
+        writer: str = "local",
     ) -> None:
         self.blobs = blobs
         self.uploads = uploads
@@ -175,6 +181,8 @@ class Registry:
         # answer whether a manifest or a link exists (a delete there must be seen here at once);
         # the memories below then only hold immutable content, and serve during a database outage.
         self.shared = shared
+        # Who claims upload sessions for writing (the replica's id with --database).
+        self.writer = writer
         self._upload_locks: dict[str, DeferredLock] = {}
         self._cache = ManifestCache()
         self._links = LinkMemo()
@@ -408,22 +416,40 @@ class Registry:
         try:
             offset = await self._session(repo, upload_id)
             _check_chunk(content_range, offset, body)
-            new_offset = await self.uploads.append(upload_id, body, offset)
-            if not await self.metadata.advance_upload(upload_id, offset, new_offset):
-                # Another request (on another replica) moved the session meanwhile.
+            await self._claim(upload_id, offset)
+            try:
+                new_offset = await self.uploads.append(upload_id, body, offset)
+            except BaseException:
+                await self.metadata.release_upload(upload_id, self.writer)
+                raise
+            if not await self.metadata.advance_upload(upload_id, offset, new_offset, self.writer):
+                # The claim was void by then (this replica was taken for dead): the chunk is not
+                # counted, and the client sends it again from the offset the session holds.
                 self.uploads.forget(upload_id)
-                raise RegistryError(
-                    "BLOB_UPLOAD_INVALID",
-                    f"upload {upload_id} changed while this chunk was written: send chunks one at a time, in order",
-                    {"uuid": upload_id},
-                    status=416,
-                )
+                raise self._busy_upload(upload_id, offset)
             return new_offset
         except BaseException:
             discard(body)
             raise
         finally:
             self._unlock(upload_id, lock)
+
+    async def _claim(self, upload_id: str, offset: int) -> None:
+        """Take the session's write claim at C{offset}, or refuse the request (416): another
+        request, perhaps on another replica, is writing it, or moved it since we looked."""
+        if not await self.metadata.claim_upload(upload_id, offset, self.writer):
+            raise self._busy_upload(upload_id, offset)
+
+    @staticmethod
+    def _busy_upload(upload_id: str, offset: int) -> RegistryError:
+        return RegistryError(
+            "BLOB_UPLOAD_INVALID",
+            f"upload {upload_id} is being written by another request, or moved while this one waited: "
+            "send chunks one at a time, in order, from the offset in Range",
+            {"uuid": upload_id},
+            status=416,
+            headers={"Range": f"0-{max(offset - 1, 0)}"},
+        )
 
     async def finish_upload(
         self, repo: str, upload_id: str, digest_param: str | None, body: Body | None, content_range: str | None = None
@@ -442,17 +468,23 @@ class Registry:
             if not digest_param:
                 raise RegistryError("DIGEST_INVALID", "the digest query parameter is required to finish an upload")
             digest = Digest.parse(digest_param)
-            if body is not None and body_size(body) > 0:
-                offset = await self.uploads.append(upload_id, body, offset)
-                body = None
-            actual = await self.uploads.digest_hex(upload_id, digest.algorithm, offset)
-            if actual != digest.hex:
-                # A failed upload is gone: the client must start again, and nothing wrong is kept.
-                await self._forget_upload(upload_id)
-                raise self._mismatch(digest, f"{digest.algorithm}:{actual}")
-            if self.uploads.size(upload_id) != offset:
-                await self.uploads.truncate(upload_id, offset)
-            await self.blobs.commit(self.uploads.path(upload_id), digest)
+            # Claimed to the end: no other request may write the session while it is checked.
+            await self._claim(upload_id, offset)
+            try:
+                if body is not None and body_size(body) > 0:
+                    offset = await self.uploads.append(upload_id, body, offset)
+                    body = None
+                actual = await self.uploads.digest_hex(upload_id, digest.algorithm, offset)
+                if actual != digest.hex:
+                    # A failed upload is gone: the client must start again, and nothing wrong is kept.
+                    await self._forget_upload(upload_id)
+                    raise self._mismatch(digest, f"{digest.algorithm}:{actual}")
+                if self.uploads.size(upload_id) != offset:
+                    await self.uploads.truncate(upload_id, offset)
+                await self.blobs.commit(self.uploads.path(upload_id), digest)
+            except BaseException:
+                await self.metadata.release_upload(upload_id, self.writer)
+                raise
             self.uploads.forget(upload_id)
             await self.metadata.finish_upload(upload_id, repo, str(digest))
             return BlobCreated(digest)

@@ -154,6 +154,15 @@ MIGRATIONS.append(
 )
 MIGRATIONS.append(
     (
+        5,
+        [
+            # Which replica is writing an upload session's next chunk (see SqlMetadata.claim_upload).
+            "ALTER TABLE uploads ADD COLUMN writer TEXT",
+        ],
+    )
+)
+MIGRATIONS.append(
+    (
         3,
         [
             # Every repository that holds a manifest or a blob link, what the catalog pages
@@ -201,6 +210,8 @@ MIGRATIONS.append(
 )
 
 _NOW = "extract(epoch from clock_timestamp())"
+# Seconds without a heartbeat after which a replica's claims on upload sessions are void.
+WRITER_DEAD_AFTER = 30
 
 
 class DatabaseURLError(ValueError):
@@ -274,6 +285,8 @@ class PostgresMetadata(SqlMetadata):
 
     GREATEST = "GREATEST"
     NO_INDEX = ""
+    # A claim on an upload session stands while its replica beats (see trow.replicas).
+    DEAD_WRITER = f"OR writer NOT IN (SELECT id FROM replicas WHERE seen >= {_NOW} - {WRITER_DEAD_AFTER})"
 
     def __init__(
         self,

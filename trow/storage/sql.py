@@ -61,6 +61,10 @@ class SqlMetadata:
     # itself, it looks manifest references up by repository, every reference of it, rather than
     # by child, a handful of rows). PostgreSQL plans this right on its own.
     NO_INDEX = "+"
+    # When a claim on an upload session (L{claim_upload}) no longer stands though another writer
+    # made it: sqlite has one process, whose claims start-up clears; PostgreSQL adds "or that
+    # writer's replica stopped beating".
+    DEAD_WRITER = ""
 
     def __init__(self, worker: Worker, clock: Callable[[], float] = time.time) -> None:
         self._worker = worker
@@ -339,17 +343,41 @@ class SqlMetadata:
 
         return self._read(get)
 
-    def advance_upload(self, upload_id: str, expected: int, size: int) -> "Deferred[bool]":
-        """Record that the session now holds C{size} bytes, if it still holds C{expected}: a
-        compare-and-swap, so that of two chunks written at one offset (by two replicas, say) one
-        wins and the other is told. Counts as activity."""
+    def claim_upload(self, upload_id: str, offset: int, writer: str) -> "Deferred[bool]":
+        """Take the right to write the session's next chunk at C{offset}: only if it still holds
+        C{offset} bytes and no other live writer holds the right. Replicas writing one session at
+        once (two PATCHes at one offset) then never both touch its file: one is refused first.
+        A claim of a writer that is gone no longer stands (L{DEAD_WRITER}). Counts as activity."""
         now = self._now()
         return self._write(
             lambda c: c.execute(
-                "UPDATE uploads SET size = ?, updated = ? WHERE uuid = ? AND size = ?", (size, now, upload_id, expected)
+                "UPDATE uploads SET writer = ?, updated = ? WHERE uuid = ? AND (size = ? OR size = -1) "
+                f"AND (writer IS NULL OR writer = ? {self.DEAD_WRITER})",
+                (writer, now, upload_id, offset, writer),
             ).rowcount
             > 0
         )
+
+    def advance_upload(self, upload_id: str, expected: int, size: int, writer: str) -> "Deferred[bool]":
+        """Record that the session now holds C{size} bytes and end C{writer}'s claim, if it still
+        holds C{expected} bytes and the claim (L{claim_upload}) still stands."""
+        now = self._now()
+        return self._write(
+            lambda c: c.execute(
+                "UPDATE uploads SET size = ?, updated = ?, writer = NULL "
+                "WHERE uuid = ? AND (size = ? OR size = -1) AND writer = ?",
+                (size, now, upload_id, expected, writer),
+            ).rowcount
+            > 0
+        )
+
+    def release_upload(self, upload_id: str, writer: str) -> "Deferred[None]":
+        """End C{writer}'s claim without moving the offset (its chunk failed)."""
+
+        def release(c: Connection) -> None:
+            c.execute("UPDATE uploads SET writer = NULL WHERE uuid = ? AND writer = ?", (upload_id, writer))
+
+        return self._write(release)
 
     def touch_upload(self, upload_id: str) -> "Deferred[None]":
         """Note activity on an upload (stale uploads expire by this time)."""

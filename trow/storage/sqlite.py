@@ -23,7 +23,7 @@ T = TypeVar("T")
 # PRAGMA user_version of the schema below. 0: a data dir from before versions (the tables are
 # made with IF NOT EXISTS, so it gains the new ones); 1: uploads.size holds the session's offset;
 # 2: the repositories table lists every repository (backfilled from manifests and repo_blobs).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS repo_blobs (
@@ -50,7 +50,7 @@ CREATE TABLE IF NOT EXISTS tags (
 CREATE INDEX IF NOT EXISTS tags_digest ON tags (repo, digest);
 CREATE TABLE IF NOT EXISTS uploads (
     uuid TEXT PRIMARY KEY, repo TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL,
-    size INTEGER NOT NULL DEFAULT 0
+    size INTEGER NOT NULL DEFAULT 0, writer TEXT
 );
 -- Garbage collection (trow.registry.gc). All IF NOT EXISTS: older data dirs gain them on open.
 -- gc_access: when proxied content was last read. gc_links: when each link was last made (an
@@ -167,6 +167,11 @@ class SqliteMetadata(SqlMetadata):
                     c.execute("UPDATE uploads SET size = -1")
             for statement in _statements(_SCHEMA):
                 c.execute(statement)
+            if version < 3 and old_uploads is not None:
+                if "writer" not in {row[1] for row in c.execute("PRAGMA table_info(uploads)")}:
+                    c.execute("ALTER TABLE uploads ADD COLUMN writer TEXT")
+            # One process per sqlite data dir: a claim on an upload left by a crash is void.
+            c.execute("UPDATE uploads SET writer = NULL WHERE writer IS NOT NULL")
             if version < 2:
                 # Repositories of an older trow: listed from their rows, once (the triggers keep
                 # the table from now on).

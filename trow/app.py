@@ -238,6 +238,7 @@ def build_service(settings: Any, reactor: Any) -> MultiService:
         root.data_dir_lock = lock_data_dir(settings.data_dir)  # type: ignore[attr-defined]
         db = ThreadWorker(reactor, "trow-db", max_threads=1)
         stores = open_stores(settings.data_dir, disk, db)
+        metrics.database_up.set(1)  # sqlite in the data dir: there whenever trow is
     # Stopped last (services stop in reverse order): the db closes after the pools drained.
     _CloseMetadata(stores.metadata).setServiceParent(root)
     disk.setServiceParent(root)

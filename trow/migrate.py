@@ -227,6 +227,11 @@ def copy_metadata(
     _check_target(conn, counts, force, rerun, where)
     for table in TRIGGERED:
         conn.execute(sql.SQL("ALTER TABLE {} ENABLE TRIGGER USER").format(sql.Identifier(table)))
+    # The catalog's table, kept by the triggers that were off for the copy: listed from the rows.
+    conn.execute(
+        "INSERT INTO repositories (repo) SELECT repo FROM repo_blobs UNION SELECT repo FROM manifests "
+        "ON CONFLICT DO NOTHING"
+    )
     return counts
 
 

@@ -117,6 +117,8 @@ class ReplicaSet(Service):
         try:
             if not self.metadata.migrated:
                 await self.metadata.migrate()
+                if not self.running:
+                    return  # stopped while migrating: no heartbeat after the stop
                 _log.info(
                     "replica {replica} connected to {where}; other replicas reach it at {peer_url}",
                     replica=self.replica_id,
@@ -175,18 +177,22 @@ class ReplicaSet(Service):
             )
 
     def stopService(self) -> "Deferred[Any]":
-        """Stop beating and leave the set (peers stop counting on this replica at once)."""
+        """Stop beating and leave the set (peers stop counting on this replica at once). A step
+        in flight (a migration or a heartbeat) is let finish first, so that the leave is this
+        replica's last write and no heartbeat follows it."""
         super().stopService()
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
-        if not self.metadata.migrated:
-            return succeed(None)
 
-        def left(_: object) -> None:
-            return None
+        async def leave() -> None:
+            if self._running is not None:
+                await self._running
+            if not self.metadata.migrated:
+                return
+            try:
+                await self.metadata.replica_leave(self.replica_id)
+            except Exception as e:
+                _log.warn("could not leave the replica set cleanly: {why}", why=str(e))
 
-        def failed(failure: Any) -> None:
-            _log.warn("could not leave the replica set cleanly: {why}", why=failure.getErrorMessage())
-
-        return self.metadata.replica_leave(self.replica_id).addCallbacks(left, failed)
+        return ensureDeferred(leave())

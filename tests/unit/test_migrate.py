@@ -351,7 +351,7 @@ def test_bad_input_is_one_line_and_status_1(
         "not a URL": "is not a PostgreSQL URL",
         "bad URL": 'is not a valid PostgreSQL URL: invalid URI query parameter: "nope"',
         "unparsable URL": "--to",
-        "bad port": 'invalid integer value "notaport"',
+        "bad port": "the port 'notaport' is not a port number",
         "unreachable": "is unreachable",
         "extra argument": "unexpected argument",
     }[case]

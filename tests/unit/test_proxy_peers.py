@@ -703,12 +703,6 @@ def test_follower_gives_up_after_its_budget_and_keeps_no_lease(follow: Follow) -
     assert follow.clock.getDelayedCalls() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Download._open counts only the sleeps between attempts against the follow budget, "
-    "not the attempts themselves: with fetches that each time out after 10 s (a leader that "
-    "holds its lease but does not answer), the follower keeps its clients waiting about 700 s (64 attempts)",
-)
 def test_follow_budget_is_clock_time(follow: Follow) -> None:
     """A leader whose every fetch takes 10 s to fail: the download fails once about the budget
     has passed (here: by twice the budget), not after 60 budget-seconds of sleeps alone."""

@@ -370,11 +370,6 @@ def test_stop_when_leaving_fails_still_stops(replica_set: Set) -> None:
     assert results == [None]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="stopService does not wait for (or cancel) a step in flight: a migration that "
-    "completes after the stop is followed by a heartbeat, writing the row back after the stop",
-)
 def test_no_heartbeat_after_stop_when_migration_was_in_flight(replica_set: Set) -> None:
     """Stopped while the start-up migration runs: once it completes, no heartbeat is written
     (the replica would count as alive, with its busy digests, for DEAD_AFTER seconds)."""
@@ -387,11 +382,6 @@ def test_no_heartbeat_after_stop_when_migration_was_in_flight(replica_set: Set) 
     assert replica_set.metadata.beats == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="stopService sends replica_leave while a heartbeat is still in flight: on the db "
-    "thread pool the beat's upsert may commit after the delete, re-adding the row",
-)
 def test_leave_waits_for_a_heartbeat_in_flight(replica_set: Set) -> None:
     """Stopped during a heartbeat: the leave is sent only after that beat ended, so it is the
     last write of this replica."""

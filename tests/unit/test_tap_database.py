@@ -70,10 +70,6 @@ def test_database_word_is_one_line(capsys: pytest.CaptureFixture[str], data_dir:
     assert_one_line_error(parse(capsys, "--data-dir", data_dir, "--database", "trowdb"), "--database", "trowdb")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="check_url appends psycopg's message, which ends with a newline: the error is two lines",
-)
 @pytest.mark.parametrize(
     "url", ["postgresql://trow@db/trow?sslmod=require", "host=db sslmod=require"], ids=["url", "key-value"]
 )
@@ -82,11 +78,6 @@ def test_database_with_unknown_option_is_one_line(capsys: pytest.CaptureFixture[
     assert_one_line_error(parse(capsys, "--data-dir", data_dir, "--database", url), "--database", "sslmod")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="redact() returns an unparseable key=value string verbatim, and psycopg's parse error quotes "
-    "the whole URI: the password reaches stderr",
-)
 @pytest.mark.parametrize(
     "url",
     [f"host=db password={SECRET} dbname", f"postgresql://trow:{SECRET}@[::1/trow"],
@@ -101,11 +92,6 @@ def test_unparseable_database_never_echoes_the_password(
     assert SECRET not in outcome.err + outcome.out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="check_url only parses: a non-numeric port passes, and trow starts only to retry the "
-    "connection forever with readiness at 503",
-)
 def test_database_with_non_numeric_port_is_refused(capsys: pytest.CaptureFixture[str], data_dir: str, host_address: str) -> None:
     """A port that is not a number is a bad URL, refused before start like any other."""
     outcome = parse(capsys, "--data-dir", data_dir, "--database", "postgresql://trow@db:fivefourthreetwo/trow")

@@ -223,8 +223,10 @@ class RegistryAPI:
                     raise RegistryError("UNSUPPORTED", "this trow runs alone: it has no peer replicas", status=404)
                 if not peer_signature_ok(self.peer_key, digest, header(request, SIGNATURE_HEADER)):
                     raise RegistryError("DENIED", "the peer path is for trow replicas only", status=403)
-                self.proxy.metrics.peer_stream("served")
-                return await self._send_source(request, await self.proxy.peer_source(digest))
+                metrics = self.proxy.metrics
+                metrics.peer_stream("served")
+                source = await self.proxy.peer_source(digest)
+                return await self._send_source(request, source, lambda sent: metrics.peer_bytes("served", sent))
             except RegistryError as e:
                 return send_error(request, e)
 
@@ -292,7 +294,9 @@ class RegistryAPI:
     async def _send_blob(self, request: IRequest, registry: Repositories, name: str, digest: str) -> Any:
         return await self._send_source(request, await registry.blob_source(name, digest))
 
-    async def _send_source(self, request: IRequest, source: BlobSource) -> Any:
+    async def _send_source(
+        self, request: IRequest, source: BlobSource, on_sent: Callable[[int], object] | None = None
+    ) -> Any:
         size = source.size
         wanted = _range(header(request, "Range"), size)
         headers: dict[str, str | int] = {
@@ -314,6 +318,8 @@ class RegistryAPI:
         set_headers(request, headers)
         try:
             await producer.start(IConsumer(request))
+            if on_sent is not None:
+                on_sent(length)
         except Exception as e:
             # The content went bad mid-stream (a proxied download failed verification): the
             # headers are gone, so cut the connection; the client sees a truncated body.

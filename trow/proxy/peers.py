@@ -4,7 +4,7 @@ With C{--database}, the first replica asked for an uncached blob takes its downl
 in PostgreSQL, L{trow.storage.postgres.PostgresMetadata.lease_claim}) and fetches it from the
 upstream as a single replica would, renewing the lease while it downloads. Any other replica
 asked for the same digest meanwhile follows: its L{trow.proxy.tee.Download} reads the bytes from
-the leader over HTTP (the internal path L{PEER_PATH}, served by L{trow.api.peer}) as they arrive,
+the leader over HTTP (the internal path L{PEER_PATH}, served by L{trow.api.registry.RegistryAPI.peer_blob}) as they arrive,
 writes and hashes them itself, and serves its own clients from its own file, exactly as from an
 upstream. So a follower trusts nothing it did not verify, and never depends on seeing another
 host's appends to a shared file (NFS shows them only after a close).

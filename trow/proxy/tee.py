@@ -163,7 +163,8 @@ class Download:
             return await self._upstream.get_blob(self.name, digest, offset=offset)
         assert self._coordinator is not None
         coordinator = self._coordinator
-        waited = 0.0
+        # The budget is clock time: an attempt that hangs until its timeout counts too.
+        started = self._clock.seconds()
         delay = 0.1
         while True:
             if self._aborted:
@@ -191,11 +192,11 @@ class Download:
             try:
                 response = await coordinator.fetch(lease.peer_url, digest, offset)
             except PeerUnavailable as e:
+                waited = self._clock.seconds() - started
                 if waited >= self._follow_budget:
                     raise DownloadFailed(f"no replica could stream {digest} for {waited:.0f}s: {e}") from None
                 _log.debug("{why}; trying again", why=str(e))
                 await deferLater(self._clock, delay, lambda: None)
-                waited += delay
                 delay = min(delay * 2, 1.0)
                 continue
             if not self._followed:

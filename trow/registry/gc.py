@@ -37,8 +37,9 @@ as the serialisation point:
   C{tmp/} (a rename: cheap, and it must sit inside that check) and records it in
   C{gc_quarantine}. No link can come between the check and the move: links are made on that
   thread too.
-- a link, manifest or manifest reference made afterwards to a quarantined digest fires a TEMP
-  trigger that calls back into Python (L{Metadata.gc_install_restore}): the file is renamed back
+- a link, manifest or manifest reference made afterwards to a quarantined digest finds it in
+  C{gc_quarantine} (every linking transaction looks first, L{trow.storage.sql.SqlMetadata._linking},
+  with the restore function L{Metadata.gc_install_restore} installed): the file is renamed back
   and its directory fsynced I{inside the linking transaction, before it commits}. So a committed
   link never points to a file that is not in place; if the file cannot be put back, the link
   fails instead (the client sees an error, never a missing blob). A path that finds the file
@@ -551,8 +552,9 @@ class GarbageCollector(Service):
         try:
             if self._tracker is not None:
                 await self._tracker.flush()
-            # Replicas on one database run one pass at a time between them: the others skip.
-            if not await metadata.gc_try_lock():
+            # Replicas on one database run one pass at a time between them, about one per
+            # interval in all: a replica skips while another runs or ran one lately.
+            if not await metadata.gc_try_lock(self.interval / 2):
                 self.skipped += 1
                 _log.debug("another replica is collecting garbage; skipping this pass")
                 return None

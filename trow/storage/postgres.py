@@ -14,6 +14,8 @@ with L{MetadataUnavailable} within a few seconds; the pool reconnects by itself.
 
 from __future__ import annotations
 
+import re
+import threading
 import time
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
@@ -41,6 +43,8 @@ DIGEST_SEED = 0x7472
 CONNECT_TIMEOUT = 3
 POOL_TIMEOUT = 3.0
 STATEMENT_TIMEOUT_MS = 10_000
+# After a failure, calls fail at once for this long, then one call probes the database.
+BREAKER_OPEN = 1.0
 
 TEXT = 'TEXT COLLATE "C"'
 TIME = "DOUBLE PRECISION"
@@ -154,6 +158,16 @@ MIGRATIONS.append(
 )
 MIGRATIONS.append(
     (
+        6,
+        [
+            # When a garbage collection pass last started on any replica: each replica has its
+            # own timer, and without this N replicas would run N passes per interval.
+            f"CREATE TABLE gc_state (id INTEGER PRIMARY KEY, last_pass {TIME} NOT NULL)",
+        ],
+    )
+)
+MIGRATIONS.append(
+    (
         5,
         [
             # Which replica is writing an upload session's next chunk (see SqlMetadata.claim_upload).
@@ -223,16 +237,34 @@ class SchemaTooNew(Exception):
 
 
 def check_url(url: str) -> dict[str, Any]:
-    """Parse a libpq URL or key=value string; raise L{DatabaseURLError} saying what is wrong.
-    Nothing is connected to."""
+    """Parse a libpq URL or key=value string; raise L{DatabaseURLError} saying what is wrong, in
+    one line, without the password. Nothing is connected to."""
     if not url.startswith(("postgresql://", "postgres://")) and "=" not in url:
         raise DatabaseURLError(
             f"--database {redact(url)!r} is not a PostgreSQL URL: write postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME"
         )
     try:
-        return conninfo.conninfo_to_dict(url)
+        params = conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError as e:
-        raise DatabaseURLError(f"--database {redact(url)!r} is not a valid PostgreSQL URL: {e}") from None
+        raise DatabaseURLError(f"--database {redact(url)!r} is not a valid PostgreSQL URL: {_scrub(str(e), url)}") from None
+    for port in str(params.get("port") or "").split(","):
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            raise DatabaseURLError(f"--database {redact(url)!r}: the port {port!r} is not a port number")
+    return params
+
+
+def _scrub(message: str, url: str) -> str:
+    """One line of a driver's message about C{url}, with the URL's password (and any URL the
+    message quotes) hidden."""
+    line = " ".join(message.split())
+    line = _URL_SECRET.sub(r"\1***@", line)
+    line = _KV_SECRET.sub(r"\1***", line)
+    return line.replace(url, redact(url))
+
+
+# The password of scheme://user:PASSWORD@host, and of password=PASSWORD in key=value form.
+_URL_SECRET = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^@\s]*@")
+_KV_SECRET = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)")
 
 
 def redact(url: str) -> str:
@@ -240,7 +272,8 @@ def redact(url: str) -> str:
     try:
         params = conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError:
-        return url.split("@", 1)[-1] if "@" in url else url
+        # Unparseable: hide whatever looks like a password rather than echo it.
+        return _KV_SECRET.sub(r"\1***", _URL_SECRET.sub(r"\1***@", url))
     if "password" in params:
         params["password"] = "***"
     if url.startswith(("postgresql://", "postgres://")):
@@ -303,17 +336,24 @@ class PostgresMetadata(SqlMetadata):
         self._pool_timeout = pool_timeout
         self.migrated = False
         self._gc_conn: psycopg.Connection[Any] | None = None
+        # The breaker: once the database failed, calls fail at once for a moment, and then one
+        # call at a time probes it, instead of every request waiting out the pool timeout.
+        self._breaker = threading.Lock()
+        self._down_until = 0.0
+        self._down_reason = ""
+        self._probing = False
         self._pool = psycopg_pool.ConnectionPool(
             url,
             min_size=1,
             max_size=max_connections,
             open=False,
             timeout=pool_timeout,
-            # Keep trying for as long as trow runs: the database may be down for a while.
-            reconnect_timeout=24 * 3600.0,
+            # One reconnection attempt backs off (1, 2, 4, 8 s) for this long, then gives up; the
+            # next call starts a fresh one at once. So after an outage of any length the pool is
+            # back within seconds, not after a backoff as long as the outage.
+            reconnect_timeout=15.0,
             kwargs={"connect_timeout": CONNECT_TIMEOUT, "autocommit": True},
             configure=self._configure,
-            check=psycopg_pool.ConnectionPool.check_connection,
             name="trow-db",
         )
 
@@ -369,22 +409,69 @@ class PostgresMetadata(SqlMetadata):
 
     # -- calls ------------------------------------------------------------------------------------
 
+    def _admit(self) -> bool:
+        """Let a call through, or fail it at once while the breaker is open. Returns whether the
+        call is the one probe of a database that failed lately."""
+        with self._breaker:
+            if not self._down_until:
+                return False
+            if time.monotonic() < self._down_until or self._probing:
+                raise MetadataUnavailable(self._down_reason)
+            self._probing = True
+            return True
+
+    def _trip(self, reason: str) -> None:
+        with self._breaker:
+            self._down_until = time.monotonic() + BREAKER_OPEN
+            self._down_reason = reason
+            self._probing = False
+
+    def _close_breaker(self) -> None:
+        with self._breaker:
+            self._down_until = 0.0
+            self._probing = False
+
     def _run(self, f: Callable[[_PgConnection], T], write: bool, undo: Callable[[], None] | None) -> T:
         if not self.migrated:
             raise MetadataUnavailable(f"the database {self.where} is not ready yet (trow is still connecting to it)")
-        try:
-            with self._pool.connection(timeout=self._pool_timeout) as conn:
-                if not write:
-                    return f(_PgConnection(conn))
-                try:
-                    with conn.transaction():
-                        return f(_PgConnection(conn))
-                except BaseException:
-                    if undo is not None:
-                        undo()
-                    raise
-        except _UNAVAILABLE as e:
-            raise MetadataUnavailable(f"the database {self.where} is unavailable: {_reason(e)}") from None
+        probe = self._admit()
+        # A read that meets a pooled connection the server dropped (a restart) is run again on a
+        # fresh one: pooled connections are not checked on the way out, which would cost every
+        # call a round trip. A write is not: it may have committed before the connection broke.
+        attempts = 1 if write else 2
+        while True:
+            attempts -= 1
+            conn: psycopg.Connection[Any] | None = None
+            try:
+                with self._pool.connection(timeout=self._pool_timeout) as conn:
+                    if not write:
+                        result = f(_PgConnection(conn))
+                    else:
+                        try:
+                            with conn.transaction():
+                                result = f(_PgConnection(conn))
+                        except BaseException:
+                            if undo is not None:
+                                undo()
+                            raise
+                break
+            except psycopg.OperationalError as e:
+                if attempts > 0 and conn is not None and conn.broken:
+                    continue
+                reason = f"the database {self.where} is unavailable: {_reason(e)}"
+                self._trip(reason)
+                raise MetadataUnavailable(reason) from None
+            except _UNAVAILABLE as e:
+                reason = f"the database {self.where} is unavailable: {_reason(e)}"
+                self._trip(reason)
+                raise MetadataUnavailable(reason) from None
+            except BaseException:
+                if probe:
+                    self._close_breaker()  # it answered: the failure is the call's own
+                raise
+        if probe or self._down_until:
+            self._close_breaker()
+        return result
 
     def _call(self, f: Callable[[Any], T], write: bool, undo: Callable[[], None] | None) -> "Deferred[T]":
         def call() -> T:
@@ -479,9 +566,11 @@ class PostgresMetadata(SqlMetadata):
 
     # -- one garbage collection pass at a time, across the replicas --------------------------------
 
-    def gc_try_lock(self) -> "Deferred[bool]":
-        """Take the set-wide GC lock if no other replica holds it. A session lock on a connection
-        kept aside until L{gc_unlock}: a replica that dies lets it go with its connection."""
+    def gc_try_lock(self, min_interval: float = 0.0) -> "Deferred[bool]":
+        """Take the set-wide GC lock if no other replica holds it and no pass started on any
+        replica in the last C{min_interval} seconds (database time). A session lock on a
+        connection kept aside until L{gc_unlock}: a replica that dies lets it go with its
+        connection."""
 
         def take() -> bool:
             try:
@@ -490,14 +579,26 @@ class PostgresMetadata(SqlMetadata):
                 raise MetadataUnavailable(f"the database {self.where} is unavailable: {_reason(e)}") from None
             try:
                 row = conn.execute("SELECT pg_try_advisory_lock(%s)", (GC_LOCK,)).fetchone()
+                if not (row and row[0]):
+                    self._pool.putconn(conn)
+                    return False
+                last = conn.execute(
+                    f"SELECT {_NOW} - last_pass FROM gc_state WHERE id = 1"
+                ).fetchone()
+                if min_interval > 0 and last is not None and last[0] < min_interval:
+                    # Another replica ran a pass lately: this one is not due.
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (GC_LOCK,))
+                    self._pool.putconn(conn)
+                    return False
+                conn.execute(
+                    f"INSERT INTO gc_state (id, last_pass) VALUES (1, {_NOW}) "
+                    "ON CONFLICT (id) DO UPDATE SET last_pass = excluded.last_pass"
+                )
             except _UNAVAILABLE as e:
                 self._pool.putconn(conn)
                 raise MetadataUnavailable(f"the database {self.where} is unavailable: {_reason(e)}") from None
-            if row and row[0]:
-                self._gc_conn = conn
-                return True
-            self._pool.putconn(conn)
-            return False
+            self._gc_conn = conn
+            return True
 
         return self._worker.run(take)
 

@@ -849,9 +849,10 @@ class SqlMetadata:
 
         return self._write(release)
 
-    def gc_try_lock(self) -> "Deferred[bool]":
-        """Take the right to run a garbage collection pass (True), unless another process has it.
-        One process per sqlite data dir (its flock): always True there."""
+    def gc_try_lock(self, min_interval: float = 0.0) -> "Deferred[bool]":
+        """Take the right to run a garbage collection pass (True), unless another process has it
+        or ran one less than C{min_interval} seconds ago. One process per sqlite data dir (its
+        flock): always True there."""
         return self._read(lambda c: True)
 
     def gc_unlock(self) -> "Deferred[None]":

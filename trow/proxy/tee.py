@@ -208,10 +208,12 @@ class Download:
     async def _fetch(self) -> None:
         response = await self._open(0)
         length = _content_length(response)
-        self._handle = open(self.path, "wb")
+        # On the disk worker: creating a file on a network volume can stall.
+        handle: IO[bytes] = await self._blobs.worker.run(open, self.path, "wb")
+        self._handle = handle
         hasher = self.digest.hasher()
         self._writer = HashingWriter(
-            self._blobs.worker, self._handle, [hasher], high_water=16 << 20, low_water=4 << 20, on_written=self._written
+            self._blobs.worker, handle, [hasher], high_water=16 << 20, low_water=4 << 20, on_written=self._written
         )
         if length is not None:
             self._set_size(length)
@@ -263,7 +265,7 @@ class Download:
             if response.code == 206 and _range_start(response) not in (None, received):
                 raise DownloadFailed(f"upstream answered our Range for {self.digest} with another range")
         await self._writer.drain()
-        self._handle.close()
+        handle.close()
         self._handle = None
         actual = hasher.hexdigest()
         if self.size is None:

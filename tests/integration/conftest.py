@@ -427,6 +427,30 @@ def digest_of_stream(size: int, seed: int) -> str:
     return "sha256:" + h.hexdigest()
 
 
+def run_concurrently(calls: Sequence[Callable[[], Any]], timeout: float = 180.0) -> list[Any]:
+    """Run every call at once, each on its own thread, released together; their results in order.
+    A call that raised fails the test with its exception."""
+    barrier = threading.Barrier(len(calls))
+    results: list[Any] = [RuntimeError("not run")] * len(calls)
+
+    def run(i: int) -> None:
+        try:
+            barrier.wait(30)
+            results[i] = calls[i]()
+        except BaseException as e:  # reported below
+            results[i] = e
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise AssertionError(f"a client failed: {result!r}")
+    return results
+
+
 def get_and_hash(trow: TrowProcess, path: str) -> tuple[int, str, int]:
     """GET C{path}, hashing the body as it streams in: (status, sha256 digest, body length)."""
     assert trow.port is not None

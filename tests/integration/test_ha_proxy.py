@@ -8,14 +8,13 @@ is killed, another takes its lease over and resumes from the upstream with C{Ran
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Iterator
 
 import psycopg
 import pytest
 
-from tests.integration.conftest import TrowProcess, get_and_hash
+from tests.integration.conftest import TrowProcess, get_and_hash, run_concurrently
 from tests.integration.upstream import (  # noqa: F401 - fixtures
     ALIAS,
     BodyStream,
@@ -61,29 +60,6 @@ def lease_holder(pg_url: str, digest: str) -> str | None:
     return None if row is None else str(row[0])
 
 
-def _concurrent(calls: list[Callable[[], Any]]) -> list[Any]:
-    """Run every call at once, each on its own thread, started together; their results."""
-    barrier = threading.Barrier(len(calls))
-    results: list[Any] = [RuntimeError("not run")] * len(calls)
-
-    def run(i: int) -> None:
-        try:
-            barrier.wait(30)
-            results[i] = calls[i]()
-        except BaseException as e:  # reported below
-            results[i] = e
-
-    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(calls))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(180)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise AssertionError(f"a client failed: {result!r}")
-    return results
-
-
 def test_twelve_cold_clients_over_three_replicas_cost_one_upstream_get(
     replicas: list[TrowProcess], upstream: Upstream
 ) -> None:
@@ -94,7 +70,7 @@ def test_twelve_cold_clients_over_three_replicas_cost_one_upstream_get(
     mark = registry.mark()
     path = blob_path("big/one", blob.digest)
     calls = [lambda trow=trow: get_and_hash(trow, path) for trow in replicas for _ in range(4)]
-    results = _concurrent(calls)
+    results = run_concurrently(calls)
     assert results == [(200, blob.digest, blob.size)] * 12
     assert registry.wait_for(lambda: registry.blob_gets(blob.digest, mark)) == 1
     assert wait_until(lambda: cached_blob_path(replicas[0], blob.digest).exists())

@@ -29,6 +29,7 @@ from tests.integration.conftest import (
     assert_same_image,
     free_port,
     get_and_hash,
+    run_concurrently,
 )
 from tests.integration.upstream import (  # noqa: F401 - fixtures
     ALIAS,
@@ -278,25 +279,7 @@ def test_invalid_proxied_names_never_reach_the_upstream(proxy_trow: TrowProcess,
 
 def _concurrent_gets(trow: TrowProcess, paths: list[str]) -> list[tuple[int, str, int]]:
     """GET every path at once, each on its own thread and connection; (status, digest, length)."""
-    barrier = threading.Barrier(len(paths))
-    results: list[tuple[int, str, int] | BaseException] = [RuntimeError("not run")] * len(paths)
-
-    def run(i: int) -> None:
-        try:
-            barrier.wait(30)
-            results[i] = get_and_hash(trow, paths[i])
-        except BaseException as e:  # reported below
-            results[i] = e
-
-    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(paths))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise AssertionError(f"a client failed: {result!r}")
-    return results  # type: ignore[return-value]
+    return run_concurrently([lambda path=path: get_and_hash(trow, path) for path in paths], timeout=120)
 
 
 def test_sixteen_concurrent_clients_cost_one_upstream_get(proxy_trow: TrowProcess, upstream: Upstream) -> None:

@@ -33,7 +33,7 @@ from trow.registry.gc import Collector, GarbageCollector, PassResult
 from trow.registry.service import Registry
 from trow.storage.blobs import BlobStore
 from trow.replicas import ReplicaSet, new_replica_id
-from trow.storage.lock import lock_data_dir, mark_shared
+from trow.storage.lock import lock_data_dir, mark_shared, shared_mark
 from trow.storage.metadata import Metadata, MetadataUnavailable
 from trow.storage.postgres import PostgresMetadata
 from trow.storage.sqlite import SqliteMetadata
@@ -77,6 +77,16 @@ def open_shared_stores(data_dir: str, database: str, replica_id: str, disk: Work
     otherwise the L{ReplicaSet} keeps trying while trow serves 503s."""
     os.makedirs(data_dir, exist_ok=True)
     metadata = PostgresMetadata(database, db, max_connections=DB_CONNECTIONS)
+    marked = shared_mark(data_dir)
+    if marked is not None and marked != metadata.where:
+        # Two sets of replicas on one volume would each take the other's blobs for garbage.
+        _log.warn(
+            "data dir {data_dir} was marked as shared with {marked}; it now is with {where}: "
+            "make sure no replica still runs on the other database",
+            data_dir=os.path.abspath(data_dir),
+            marked=marked,
+            where=metadata.where,
+        )
     mark_shared(data_dir, metadata.where)
     blobs = BlobStore(data_dir, disk, scratch=replica_id)
     metadata.open()

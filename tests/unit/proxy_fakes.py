@@ -218,6 +218,8 @@ class BlobRequest:
     digest: str
     offset: int
     deferred: "Deferred[Any]"
+    # Asked by a download that resumes (past the upstream's breaker).
+    resuming: bool = False
 
     def respond(self, response: FakeResponse) -> FakeResponse:
         self.deferred.callback(response)
@@ -230,9 +232,9 @@ class FakeBlobUpstream:
     def __init__(self) -> None:
         self.requests: list[BlobRequest] = []
 
-    def get_blob(self, name: Any, digest: str, offset: int = 0) -> "Deferred[Any]":
+    def get_blob(self, name: Any, digest: str, offset: int = 0, resuming: bool = False) -> "Deferred[Any]":
         d: Deferred[Any] = Deferred()
-        self.requests.append(BlobRequest(digest, offset, d))
+        self.requests.append(BlobRequest(digest, offset, d, resuming))
         return d
 
 

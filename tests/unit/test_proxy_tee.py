@@ -29,7 +29,7 @@ from tests.unit.proxy_fakes import (
 from trow.config import ProxyConfig
 from trow.proxy.names import ProxiedName, UpstreamDirectory
 from trow.proxy.tee import RESUME_ATTEMPTS, Download, DownloadFailed, Fetcher, TeeReader
-from trow.proxy.upstream import UpstreamStatus
+from trow.proxy.upstream import UpstreamStatus, UpstreamUnavailable
 from trow.registry.names import Digest
 from trow.storage.blobs import BlobStore
 
@@ -373,6 +373,54 @@ def test_drop_mid_body_resumes_with_range_and_hash_continues(tee: Tee) -> None:
     assert tee.cached() == DATA
     assert reading.received == DATA
     assert result_of(reading.done) is None
+
+
+def test_resume_waits_out_an_upstream_that_restarts(tee: Tee) -> None:
+    """The upstream drops mid-body, then refuses connections for a moment (its pod restarting):
+    the download asks again with growing delays, past the breaker that spares new requests, and
+    finishes whole once the upstream is back; the reader never noticed."""
+    download = tee.download()
+    first = sized_response(tee)
+    reading = tee.read(download)
+    first.write(DATA[:33])
+    first.drop()
+    delays = []
+    for _ in range(3):
+        refused = tee.request()
+        assert (refused.offset, refused.resuming) == (33, True)
+        refused.deferred.errback(UpstreamUnavailable("upstream example.com is unreachable: connection refused"))
+        asked = len(tee.upstream.requests)
+        waited = 0.0
+        while len(tee.upstream.requests) == asked:
+            tee.clock.advance(0.05)
+            waited += 0.05
+        delays.append(round(waited, 2))
+    assert delays == [0.25, 0.5, 1.0]
+    rest = tee.request().respond(FakeResponse(206, len(DATA) - 33, {"Content-Range": f"bytes 33-{len(DATA) - 1}/{len(DATA)}"}))
+    rest.write(DATA[33:])
+    rest.finish()
+    assert download.complete and download.failure is None
+    assert tee.cached() == DATA
+    assert reading.received == DATA
+
+
+def test_resume_gives_up_after_its_budget(tee: Tee) -> None:
+    """An upstream that stays unreachable after dropping a blob: the download gives up once its
+    resume budget (30 s) is spent, caches nothing, and its reader fails."""
+    download = tee.download()
+    first = sized_response(tee)
+    reading = tee.read(download)
+    first.write(DATA[:33])
+    first.drop()
+    while download.failure is None and tee.clock.seconds() < 120:
+        request = tee.request()
+        if not request.deferred.called:
+            request.deferred.errback(UpstreamUnavailable("upstream example.com is unreachable: connection refused"))
+        tee.clock.advance(0.25)
+    assert download.failure is not None and download.failure.check(UpstreamUnavailable)
+    assert 25 <= tee.clock.seconds() <= 35
+    assert tee.cached() is None
+    assert reading.done.called
 
 
 def test_200_instead_of_206_on_resume_skips_what_was_received(tee: Tee) -> None:

@@ -39,6 +39,8 @@ from trow.workers import Worker
 _log = Logger()
 
 RESUME_ATTEMPTS = 3
+# How long a download keeps asking an unreachable upstream for the rest of a blob it dropped.
+RESUME_BUDGET = 30.0
 # How long a follower keeps trying to reach a leader (or to take over its lease) before the
 # download fails: longer than a lease, so that a dead leader is always replaced first.
 FOLLOW_BUDGET = 60.0
@@ -64,6 +66,7 @@ class Download:
         metrics: Metrics | None = None,
         coordinator: DownloadCoordinator | None = None,
         follow_budget: float = FOLLOW_BUDGET,
+        resume_budget: float = RESUME_BUDGET,
     ) -> None:
         self.name = name
         self.metrics = metrics or Metrics()
@@ -93,6 +96,7 @@ class Download:
         # set; otherwise it reads from the leader (see trow.proxy.peers).
         self._coordinator = coordinator
         self._follow_budget = follow_budget
+        self._resume_budget = resume_budget
         self.leading = coordinator is None
         self._followed = False
         self._confirmed = False
@@ -205,6 +209,34 @@ class Download:
             self._from_peer = True
             return response
 
+    async def _resume(self, offset: int) -> IResponse:
+        """Ask the upstream again from C{offset}, after it dropped the body. An upstream that
+        restarts (its pod, its load balancer) refuses connections for a moment: try again with
+        backoff for up to L{RESUME_BUDGET} seconds, past the breaker, which is there to spare new
+        requests a dead upstream's timeouts, not to fail a download already under way."""
+        if not self.leading:
+            return await self._open(offset)
+        digest = str(self.digest)
+        started = self._clock.seconds()
+        delay = 0.25
+        while True:
+            try:
+                return await self._upstream.get_blob(self.name, digest, offset=offset, resuming=True)
+            except UpstreamUnavailable as e:
+                if self._aborted:
+                    raise DownloadFailed(f"download of {digest} given up: {self._aborted}") from None
+                if self._clock.seconds() - started + delay > self._resume_budget:
+                    raise
+                _log.info(
+                    "upstream unreachable while resuming {digest} at {offset} bytes ({why}); trying again in {delay}s",
+                    digest=digest,
+                    offset=offset,
+                    why=str(e),
+                    delay=delay,
+                )
+                await deferLater(self._clock, delay, lambda: None)
+                delay = min(delay * 2, 4.0)
+
     async def _fetch(self) -> None:
         response = await self._open(0)
         length = _content_length(response)
@@ -261,7 +293,7 @@ class Download:
                 received=received,
                 size=self.size,
             )
-            response = await self._open(received)
+            response = await self._resume(received)
             if response.code == 206 and _range_start(response) not in (None, received):
                 raise DownloadFailed(f"upstream answered our Range for {self.digest} with another range")
         await self._writer.drain()

@@ -256,8 +256,10 @@ class UpstreamClient:
 
     # -- requests ---------------------------------------------------------------------------
 
-    async def _send(self, upstream: Upstream, method: str, url: str, headers: Mapping[str, str]) -> IResponse:
-        if self.is_down(upstream):
+    async def _send(
+        self, upstream: Upstream, method: str, url: str, headers: Mapping[str, str], despite_breaker: bool = False
+    ) -> IResponse:
+        if self.is_down(upstream) and not despite_breaker:
             raise UpstreamUnavailable(f"upstream {upstream.host} is unreachable (retrying in a few seconds)")
         if not upstream.listed:
             # Hosts proxied only through any_registry must not lead trow into private networks.
@@ -305,11 +307,13 @@ class UpstreamClient:
         path: str,
         headers: Mapping[str, str] | None = None,
         scope_action: str = "pull",
+        despite_breaker: bool = False,
     ) -> IResponse:
         """Send a request for C{/v2/<repo>/<path>} with auth and redirects handled.
 
         Returns the final response whatever its status; raises L{UpstreamUnavailable} when the
-        upstream cannot be reached.
+        upstream cannot be reached. C{despite_breaker}: try even while the upstream is marked
+        down (a download in progress resuming: the breaker is there for new requests).
         """
         upstream = name.upstream
         url = f"{upstream.base_url}/v2/{name.repo}/{path}"
@@ -320,14 +324,14 @@ class UpstreamClient:
         cached = self._tokens.get(token_key)
         if cached and cached[1] > self._clock.seconds():
             sent["Authorization"] = f"Bearer {cached[0]}"
-        response = await self._send(upstream, method, url, sent)
+        response = await self._send(upstream, method, url, sent, despite_breaker)
         if response.code == 401:
             challenge = (response.headers.getRawHeaders("www-authenticate") or [""])[0]
             authorization = await self._authorize(upstream, challenge, scope, credentials, token_key)
             if authorization is not None:
                 _discard(response)
                 sent["Authorization"] = authorization
-                response = await self._send(upstream, method, url, sent)
+                response = await self._send(upstream, method, url, sent, despite_breaker)
         for _ in range(5):
             if response.code not in (301, 302, 303, 307, 308):
                 break
@@ -343,7 +347,7 @@ class UpstreamClient:
             if response.code == 303 and method != "HEAD":
                 method = "GET"
             url = target
-            response = await self._send(upstream, method, url, sent)
+            response = await self._send(upstream, method, url, sent, despite_breaker)
         return response
 
     async def _authorize(
@@ -480,10 +484,11 @@ class UpstreamClient:
         _raise_for_status(response, name, digest)
         raise UpstreamStatus(502, f"upstream {name.upstream.host} answered HEAD of {digest} with {response.code}")
 
-    async def get_blob(self, name: ProxiedName, digest: str, offset: int = 0) -> IResponse:
-        """Start a blob download (from C{offset}, with C{Range}); the body is not read yet."""
+    async def get_blob(self, name: ProxiedName, digest: str, offset: int = 0, resuming: bool = False) -> IResponse:
+        """Start a blob download (from C{offset}, with C{Range}); the body is not read yet.
+        C{resuming}: the download was under way, so the breaker does not stop this request."""
         headers = {"Range": f"bytes={offset}-"} if offset else {}
-        response = await self.request(name, "GET", f"blobs/{digest}", headers)
+        response = await self.request(name, "GET", f"blobs/{digest}", headers, despite_breaker=resuming)
         if response.code not in (200, 206):
             _discard(response)
             _raise_for_status(response, name, digest)

@@ -48,8 +48,12 @@ class FileRangeProducer:
         self._open_file = open_file
         self._worker = worker
         self._chunk = CHUNK_SIZE if worker is None else THREADED_CHUNK_SIZE
-        self._position = offset
+        self._position = offset  # the next byte to send
+        self._read_to = offset  # the next byte to read: one chunk ahead of sending, at most
         self._end = offset + length  # exclusive
+        # A chunk read ahead: while the client's connection drains one chunk, the worker reads
+        # the next, so that a resume writes at once instead of waiting for a read.
+        self._ahead: bytes | None = None
         self._consumer: IConsumer | None = None
         self._paused = False
         self._done: Deferred[None] = Deferred()
@@ -102,23 +106,33 @@ class FileRangeProducer:
 
     def _produce(self) -> None:
         if self._producing:
-            return  # an inline read's callback, inside the loop below: the loop goes on
+            return  # a read's callback, inside the loop below: the loop goes on
         self._producing = True
         try:
-            while not self._paused and self._consumer is not None and not self._busy:
+            while self._consumer is not None:
                 failure = self._failure()
-                if self._position >= self._end or failure is not None:
+                if failure is not None:
                     self._stop(failure)
                     return
+                if self._ahead is not None:
+                    if self._paused:
+                        return
+                    data, self._ahead = self._ahead, None
+                    self._position += len(data)
+                    self._consumer.write(data)
+                    continue
+                if self._position >= self._end:
+                    self._stop(None)
+                    return
                 limit = self._limit()
-                if self._position >= limit:
-                    return  # wait: whoever grows the file calls _produce again
-                size = min(self._chunk, limit - self._position)
+                if self._busy or self._read_to >= limit:
+                    return  # a read is running, or whoever grows the file calls _produce again
+                size = min(self._chunk, limit - self._read_to)
                 if self._worker is None:
-                    self._deliver(self._read_at(self._position, size))
+                    self._took(self._read_at(self._read_to, size))
                     continue
                 self._busy = True
-                self._worker.run(self._read_at, self._position, size).addCallbacks(self._read_done, self._read_failed)
+                self._worker.run(self._read_at, self._read_to, size).addCallbacks(self._read_done, self._read_failed)
         finally:
             self._producing = False
 
@@ -127,21 +141,21 @@ class FileRangeProducer:
         if self._closing or self._consumer is None:
             self._close_handle()
             return
-        self._deliver(data)
+        self._took(data)
         self._produce()
 
     def _read_failed(self, failure: Failure) -> None:
         self._busy = False
         self._stop(failure)
 
-    def _deliver(self, data: bytes) -> None:
+    def _took(self, data: bytes) -> None:
+        """A chunk was read: it is sent next (when the consumer wants it)."""
         if not data:
             # Shorter than promised (it cannot be: blobs are verified and immutable).
-            self._stop(Failure(EOFError(f"file ended at {self._position} of {self._end} bytes")))
+            self._stop(Failure(EOFError(f"file ended at {self._read_to} of {self._end} bytes")))
             return
-        assert self._consumer is not None
-        self._position += len(data)
-        self._consumer.write(data)
+        self._read_to += len(data)
+        self._ahead = data
 
     def _close_handle(self) -> None:
         handle, self._handle = self._handle, None

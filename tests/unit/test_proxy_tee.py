@@ -28,6 +28,7 @@ from tests.unit.proxy_fakes import (
 )
 from trow.config import ProxyConfig
 from trow.proxy.names import ProxiedName, UpstreamDirectory
+import trow.proxy.tee as tee_module
 from trow.proxy.tee import RESUME_ATTEMPTS, Download, DownloadFailed, Fetcher, TeeReader
 from trow.proxy.upstream import UpstreamStatus, UpstreamUnavailable
 from trow.registry.names import Digest
@@ -172,22 +173,36 @@ def test_distinct_digests_download_separately(tee: Tee) -> None:
 # -- readers follow the writer -----------------------------------------------------------------
 
 
-def test_readers_get_bytes_as_the_writer_reports_them_written(tee: Tee) -> None:
-    """Readers see only bytes that reached the file, as soon as the writer says they did."""
+def test_readers_that_keep_up_get_bytes_as_they_arrive(tee: Tee) -> None:
+    """A reader that keeps up is sent the upstream's bytes as they arrive, from memory, before the
+    disk worker has written them (no read back from the file, an earlier first byte)."""
     download = tee.download()
     response = sized_response(tee)
     reading = tee.read(download)
     tee.worker.holding = True
     response.write(DATA[:10])
-    assert reading.received == b"", "a reader got bytes that were not written yet"
-    tee.worker.release()
-    assert reading.received == DATA[:10]
-    tee.worker.holding = True
     response.write(DATA[10:30])
-    assert reading.received == DATA[:10]
+    assert reading.received == DATA[:30]
     tee.worker.release()
     assert reading.received == DATA[:30]
     assert pending(reading.done)
+
+
+def test_a_reader_behind_the_window_reads_the_file(tee: Tee, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bytes kept in memory are only the last few MiB: a reader that starts later, or falls
+    behind, reads what it missed from the file, as far as it is written."""
+    monkeypatch.setattr(tee_module, "WINDOW", 8)
+    download = tee.download()
+    response = sized_response(tee)
+    for piece in (DATA[:10], DATA[10:20], DATA[20:30]):
+        response.write(piece)
+    assert download.recent(0, 10) is None and download.recent(20, 10) == DATA[20:30]
+    late = tee.read(download)
+    assert late.received == DATA[:30]
+    tee.worker.holding = True
+    response.write(DATA[30:40])
+    assert late.received == DATA[:40], "a caught-up reader waits for no write"
+    tee.worker.release()
 
 
 def test_reader_never_gets_the_last_byte_before_verification(tee: Tee) -> None:

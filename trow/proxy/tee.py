@@ -13,6 +13,7 @@ the rest with C{Range}, a few times, before the download is given up.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import IO, Any, Callable
 
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, fail
@@ -39,6 +40,8 @@ from trow.workers import Worker
 _log = Logger()
 
 RESUME_ATTEMPTS = 3
+# Bytes of the blob kept in memory after they arrive, for readers that keep up with the download.
+WINDOW = 16 << 20
 # How long a download keeps asking an unreachable upstream for the rest of a blob it dropped.
 RESUME_BUDGET = 30.0
 # How long a follower keeps trying to reach a leader (or to take over its lease) before the
@@ -102,6 +105,11 @@ class Download:
         self._confirmed = False
         self._from_peer = False
         self._stop_renewing: Callable[[], None] | None = None
+        # The last bytes received, for readers that keep up (see TeeReader._from_memory): about
+        # the writer's own queue again, so memory stays flat.
+        self._window: deque[tuple[int, bytes]] = deque()
+        self._window_bytes = 0
+        self.received_end = 0
 
     # -- observing ---------------------------------------------------------------------------
 
@@ -252,7 +260,9 @@ class Download:
         received = 0
         attempts = 0
         while True:
-            receiver = _BodyReceiver(self._writer, self._clock, self._idle_timeout, skip=0, on_data=self._received)
+            receiver = _BodyReceiver(
+                self._writer, self._clock, self._idle_timeout, skip=0, on_data=self._received, on_chunk=self._hold
+            )
             if response.code == 200 and received:
                 # The upstream ignored our Range: drop what we already have.
                 receiver.skip = received
@@ -323,6 +333,28 @@ class Download:
         _log.info("cached {digest} ({size} bytes) from {host}", digest=str(self.digest), size=self.size, host=self.name.upstream.host)
         self._finish()
 
+    def _hold(self, data: bytes) -> None:
+        """Keep C{data}, the next bytes of the blob, for readers that keep up; drop the oldest."""
+        self._window.append((self.received_end, data))
+        self.received_end += len(data)
+        self._window_bytes += len(data)
+        while self._window_bytes > WINDOW and len(self._window) > 1:
+            _, old = self._window.popleft()
+            self._window_bytes -= len(old)
+        self._notify()
+
+    def recent(self, position: int, size: int) -> bytes | None:
+        """Up to C{size} bytes of the blob at C{position} if they are among the last received."""
+        for start, data in reversed(self._window):
+            if start <= position < start + len(data):
+                cut = position - start
+                if cut == 0 and len(data) <= size:
+                    return data
+                return data[cut : cut + size]
+            if start + len(data) <= position:
+                return None
+        return None
+
     def _received(self, nbytes: int) -> None:
         if self._from_peer:
             self.metrics.peer_bytes("read", nbytes)
@@ -357,6 +389,8 @@ class Download:
         self._finish()
 
     def _finish(self) -> None:
+        self._window.clear()
+        self._window_bytes = 0
         if self._coordinator is not None and self.leading:
             if self._stop_renewing is not None:
                 self._stop_renewing()
@@ -413,9 +447,11 @@ class _BodyReceiver(Protocol):
         idle_timeout: float,
         skip: int,
         on_data: Callable[[int], None] = lambda n: None,
+        on_chunk: Callable[[bytes], None] = lambda data: None,
     ) -> None:
         self._writer = writer
         self._on_data = on_data
+        self._on_chunk = on_chunk
         self._clock = clock
         self._idle_timeout = idle_timeout
         self.skip = skip
@@ -472,6 +508,7 @@ class _BodyReceiver(Protocol):
         self.received += len(data)
         self._on_data(len(data))
         self._writer.write(data)
+        self._on_chunk(data)
 
     def connectionLost(self, reason: Failure = ResponseDone()) -> None:  # type: ignore[assignment]
         self._disarm()
@@ -511,7 +548,15 @@ class TeeReader(FileRangeProducer):
             return self._end
         # Hold back the last byte of this response until the blob is verified: a bad download
         # must look truncated, for a Range that ends early as for the whole blob.
-        return min(download.available, self._end - 1)
+        return min(max(download.available, download.received_end), self._end - 1)
+
+    def _file_limit(self) -> int:
+        return self._end if self._download.verified else self._download.available
+
+    def _from_memory(self, position: int, size: int) -> bytes | None:
+        # A reader that keeps up is sent the bytes the upstream just delivered, before they are
+        # even written: no read back from the file, and an earlier first byte.
+        return self._download.recent(position, size)
 
     def _failure(self) -> Failure | None:
         return self._download.failure

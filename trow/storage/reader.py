@@ -99,6 +99,14 @@ class FileRangeProducer:
         """A reason to stop with an error (the content went bad), or None."""
         return None
 
+    def _file_limit(self) -> int:
+        """How far the file itself may be read now (subclasses may send more, from memory)."""
+        return self._end
+
+    def _from_memory(self, position: int, size: int) -> bytes | None:
+        """Up to C{size} bytes at C{position} held in memory, or None: read the file."""
+        return None
+
     def _read_at(self, position: int, size: int) -> bytes:
         assert self._handle is not None
         self._handle.seek(position)
@@ -127,6 +135,13 @@ class FileRangeProducer:
                 limit = self._limit()
                 if self._busy or self._read_to >= limit:
                     return  # a read is running, or whoever grows the file calls _produce again
+                held = self._from_memory(self._read_to, min(self._chunk, limit - self._read_to))
+                if held is not None:
+                    self._took(held)
+                    continue
+                limit = min(limit, self._file_limit())
+                if self._read_to >= limit:
+                    return  # not in the file yet: whoever grows it calls _produce again
                 size = min(self._chunk, limit - self._read_to)
                 if self._worker is None:
                     self._took(self._read_at(self._read_to, size))

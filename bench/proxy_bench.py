@@ -7,6 +7,20 @@ Everything runs on 127.0.0.1 in a temporary directory that is removed at the end
     distribution  docker-registry with proxy.remoteurl = the upstream, its own storage
     trow          twistd -n --pidfile= trow, with the upstream as registry_proxies entry "up"
 
+With --https (the default), the same measurements (except the manifest loop) run a second time
+against an HTTPS upstream, after the plain-HTTP daemons have stopped:
+
+    upstream-tls      docker-registry on the same storage, over TLS with a certificate for
+                      127.0.0.1 and localhost signed by a CA made for this run (in the temp dir)
+    distribution-tls  proxy.remoteurl = https://127.0.0.1:PORT, trusting the CA via SSL_CERT_FILE
+    trow-tls          registry_proxies entry "up" with insecure: false and ca_file: the CA
+
+and the direct reference is this script's client over http.client.HTTPSConnection with an ssl
+context that trusts the CA. The run also measures sha256 on one core (hashlib over in-memory
+data) and prints "the limit" of a verified cold GET for each kind of upstream, min(direct speed,
+sha256 speed), with each target's ratio to it, and the CPU seconds per GB that the serving
+process, the client and the upstream used during the cold rows.
+
 The same client code fetches the same content directly from the upstream, through trow
 (/v2/f/up/<repo>/...) and through distribution (/v2/<repo>/...), and the script prints a markdown
 table of the measured values and of the ratios against the reference measured in the same run.
@@ -20,6 +34,7 @@ The trow under test is whatever C{twistd} beside this interpreter imports: the i
     python bench/proxy_bench.py                   # defaults: 512 MiB blob, 3 repetitions
     python bench/proxy_bench.py --blob-mib 128 --reps 5 --json out.json
     python bench/proxy_bench.py --profile /tmp/prof   # also profile trow with py-spy afterwards
+    python bench/proxy_bench.py --no-https            # plain-HTTP upstream only
 
 Every loop is bounded by a count and by the --max-seconds deadline; every child process and the
 temporary directory are removed on the way out, whatever happened.
@@ -39,6 +54,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -145,6 +161,126 @@ def vm_hwm_bytes(pid: int) -> int | None:
     return None
 
 
+def machine_busy_seconds() -> tuple[float, float]:
+    """(busy, irq + softirq) CPU seconds of the whole machine so far, all cores, from /proc/stat.
+
+    Interrupt time (loopback TCP runs largely in softirq) is counted in no process's stat."""
+    with open("/proc/stat") as stat:
+        values = [int(v) for v in stat.readline().split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    total = sum(values[:8])  # guest time is already counted in user
+    tick = os.sysconf("SC_CLK_TCK")
+    return (total - idle) / tick, (values[5] + values[6]) / tick
+
+
+# -- TLS material for the HTTPS upstream -------------------------------------------------------
+
+
+@dataclass
+class Tls:
+    """A CA made for this run and a serving certificate it signed, for 127.0.0.1 and localhost."""
+
+    ca_path: str
+    cert_path: str
+    key_path: str
+
+    def client_context(self) -> ssl.SSLContext:
+        """A client context that trusts only this run's CA (and checks the name: 127.0.0.1)."""
+        return ssl.create_default_context(cafile=self.ca_path)
+
+
+def make_tls(directory: str) -> Tls:
+    """Write ca.crt, tls.crt and tls.key into C{directory}.
+
+    The same recipe as trow/certs.py (ECDSA P-256, a path-length-0 CA, a server-auth leaf), with
+    an IP address in the leaf's subjectAltName: the upstream is dialled as 127.0.0.1.
+    """
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    os.makedirs(directory, exist_ok=True)
+    start = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=5)
+    end = start + datetime.timedelta(days=1)
+
+    def usage(ca: bool) -> x509.KeyUsage:
+        return x509.KeyUsage(
+            digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
+            key_agreement=False, key_cert_sign=ca, crl_sign=ca, encipher_only=False, decipher_only=False,
+        )
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "trow proxy_bench CA")])
+    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(usage(True), critical=True)
+        .add_extension(ca_ski, critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, LOOPBACK)]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(usage(False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(LOOPBACK)), x509.DNSName("localhost")]),
+            critical=False,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = Tls(*(os.path.join(directory, n) for n in ("ca.crt", "tls.crt", "tls.key")))
+    with open(paths.ca_path, "wb") as handle:
+        handle.write(ca.public_bytes(serialization.Encoding.PEM))
+    with open(paths.cert_path, "wb") as handle:
+        handle.write(cert.public_bytes(serialization.Encoding.PEM))
+    fd = os.open(paths.key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        )
+    return paths
+
+
+# -- sha256 speed ------------------------------------------------------------------------------
+
+
+def sha256_mb_per_s(total_mib: int, deadline: Deadline, piece_mib: int = 16) -> float:
+    """hashlib.sha256 over C{total_mib} MiB of in-memory data, on one core (this thread), in MB/s.
+
+    One piece of pseudo-random data, already touched, is fed again and again, so that neither
+    fresh memory nor the disk is in the measurement: only the hash.
+    """
+    piece = memoryview(next(pseudo_random_chunks(piece_mib * MIB, seed=99, chunk=piece_mib * MIB)))
+    hashlib.sha256(piece).digest()  # touch the pages, warm the code
+    hasher = hashlib.sha256()
+    start = time.perf_counter()
+    for _ in range(max(1, total_mib // piece_mib)):
+        deadline.check("the sha256 measurement")
+        hasher.update(piece)
+    seconds = time.perf_counter() - start
+    return max(1, total_mib // piece_mib) * piece_mib * MIB / MB / seconds
+
+
 class Daemon:
     """One child server process with its own log files."""
 
@@ -159,13 +295,20 @@ class Daemon:
         self.peak_by_label: dict[str, int] = {}
         self.stdout_path = ""
         self.stderr_path = ""
+        # The context clients of this daemon use, if it serves HTTPS (None: plain HTTP).
+        self.ssl_context: ssl.SSLContext | None = None
+        # Extra environment for the child (SSL_CERT_FILE for distribution's proxy).
+        self.env: dict[str, str] = {}
 
     def _spawn(self, argv: Sequence[str]) -> None:
         self.starts += 1
         self.stdout_path = os.path.join(self.workdir, f"{self.name}-{self.starts}.out")
         self.stderr_path = os.path.join(self.workdir, f"{self.name}-{self.starts}.err")
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
-            self.process = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=self.workdir)
+            env = {**os.environ, **self.env} if self.env else None
+            self.process = subprocess.Popen(
+                list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=self.workdir, env=env
+            )
         _CHILDREN.append(self.process)
 
     @property
@@ -225,7 +368,7 @@ class Daemon:
             if not self.running():
                 raise BenchError(f"{self.name} exited before answering; its log:\n{self.tail()}")
             try:
-                status, _, _ = http_request(self.port, "GET", path, timeout=2)
+                status, _, _ = http_request(self.port, "GET", path, timeout=2, context=self.ssl_context)
                 if status == 200:
                     return
             except OSError:
@@ -238,12 +381,27 @@ class Daemon:
 class Distribution(Daemon):
     """docker-registry (distribution 2.8) on its own storage dir: the upstream or a proxy."""
 
-    def __init__(self, name: str, workdir: str, storage: str, remote: str | None = None, access_log: bool = False, level: str = "info") -> None:
+    def __init__(
+        self,
+        name: str,
+        workdir: str,
+        storage: str,
+        remote: str | None = None,
+        access_log: bool = False,
+        level: str = "info",
+        tls: Tls | None = None,
+        trust_ca: str | None = None,
+    ) -> None:
         super().__init__(name, workdir)
         self.storage = storage
         self.remote = remote
         self.access_log = access_log
         self.level = level
+        self.tls = tls  # serve HTTPS with this certificate
+        if tls is not None:
+            self.ssl_context = tls.client_context()
+        if trust_ca is not None:  # Go reads the roots from SSL_CERT_FILE on Linux
+            self.env["SSL_CERT_FILE"] = trust_ca
 
     def _config(self, port: int) -> str:
         # JSON is YAML: no YAML writer needed.
@@ -258,6 +416,8 @@ class Distribution(Daemon):
             },
             "http": {"addr": f"{LOOPBACK}:{port}", "secret": "trow-bench-not-a-secret"},
         }
+        if self.tls is not None:
+            config["http"]["tls"] = {"certificate": self.tls.cert_path, "key": self.tls.key_path}
         if self.remote is not None:
             config["proxy"] = {"remoteurl": self.remote}
         path = os.path.join(self.workdir, f"{self.name}.yml")
@@ -298,15 +458,14 @@ class Distribution(Daemon):
 class Trow(Daemon):
     """twistd -n --pidfile= trow, proxying the upstream under the alias C{up}."""
 
-    def __init__(self, workdir: str, data_dir: str, upstream_port: int) -> None:
-        super().__init__("trow", workdir)
+    def __init__(self, workdir: str, data_dir: str, upstream_port: int, name: str = "trow", ca_file: str | None = None) -> None:
+        super().__init__(name, workdir)
         self.data_dir = data_dir
-        self.config_path = os.path.join(workdir, "trow.yml")
-        config = {
-            "registry_proxies": {
-                "registries": [{"host": f"{LOOPBACK}:{upstream_port}", "alias": "up", "insecure": True}]
-            }
-        }
+        self.config_path = os.path.join(workdir, f"{name}.yml")
+        entry: dict[str, Any] = {"host": f"{LOOPBACK}:{upstream_port}", "alias": "up", "insecure": True}
+        if ca_file is not None:  # HTTPS, verified against this run's CA
+            entry.update(insecure=False, ca_file=ca_file)
+        config = {"registry_proxies": {"registries": [entry]}}
         with open(self.config_path, "w") as handle:
             json.dump(config, handle, indent=2)
 
@@ -356,14 +515,22 @@ def http_request(
     body: bytes | None = None,
     headers: dict[str, str] | None = None,
     timeout: float = 60.0,
+    context: ssl.SSLContext | None = None,
 ) -> tuple[int, http.client.HTTPMessage, bytes]:
-    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
+    conn = connect(port, timeout, context)
     try:
         conn.request(method, path, body=body, headers=headers or {})
         response = conn.getresponse()
         return response.status, response.headers, response.read()
     finally:
         conn.close()
+
+
+def connect(port: int, timeout: float, context: ssl.SSLContext | None = None, **kwargs: Any) -> http.client.HTTPConnection:
+    """An HTTP connection to 127.0.0.1:C{port}, or an HTTPS one verified with C{context}."""
+    if context is not None:
+        return http.client.HTTPSConnection(LOOPBACK, port, timeout=timeout, context=context, **kwargs)
+    return http.client.HTTPConnection(LOOPBACK, port, timeout=timeout, **kwargs)
 
 
 @dataclass
@@ -379,11 +546,15 @@ class Fetch:
         return self.size / MB / self.seconds
 
 
-def fetch_blob(port: int, path: str, size: int, digest: str, verify: bool, timeout: float) -> Fetch:
-    """GET a blob, read the whole body into one reused buffer and (if C{verify}) sha256 it."""
+def fetch_blob(
+    port: int, path: str, size: int, digest: str, verify: bool, timeout: float, context: ssl.SSLContext | None = None
+) -> Fetch:
+    """GET a blob, read the whole body into one reused buffer and (if C{verify}) sha256 it.
+
+    With C{context}, over HTTPS (the TLS handshake is part of the first-byte time)."""
     hasher = hashlib.sha256() if verify else None
     buffer = memoryview(bytearray(READ_BUFFER))
-    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
+    conn = connect(port, timeout, context)
     try:
         start = time.perf_counter()
         conn.request("GET", path)
@@ -651,6 +822,25 @@ class AccessLog:
 
 
 @dataclass
+class CpuSample:
+    """CPU seconds used while one cold GET was served, from sending the request to the last byte.
+
+    C{server} is the process the client talked to (the upstream itself for direct); C{upstream}
+    is the upstream while a proxy was served (None for direct); C{client} is the fetching thread
+    (recv, TLS, sha256); C{machine} is every core's busy time, other processes included, and
+    C{interrupts} the part of it spent in irq and softirq (loopback TCP, block I/O completions).
+    """
+
+    server: float
+    client: float
+    upstream: float | None
+    machine: float
+    interrupts: float
+    seconds: float
+    size: int
+
+
+@dataclass
 class Results:
     cold: dict[tuple[str, bool], list[Fetch]] = field(default_factory=dict)
     warm: dict[tuple[str, bool], list[Fetch]] = field(default_factory=dict)
@@ -668,18 +858,29 @@ class Results:
     trow_peak_by_phase: dict[str, int] = field(default_factory=dict)
     # The warm-up GET of the small config blob right after each restart: a cold process too.
     first_after_start: dict[str, list[Fetch]] = field(default_factory=dict)
+    # Every process's CPU time during each cold GET of the big blob.
+    cold_cpu: dict[tuple[str, bool], list[CpuSample]] = field(default_factory=dict)
 
 
 TARGETS = ("direct", "trow", "distribution")
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, workdir: str, deadline: Deadline) -> None:
+    """The daemons and the measurements of one kind of upstream: plain HTTP, or HTTPS with C{tls}.
+
+    The HTTPS bench serves the plain bench's content: its upstream runs on the same storage
+    directory (nothing is pushed twice), and its daemons have names and directories of their own.
+    """
+
+    def __init__(self, args: argparse.Namespace, workdir: str, deadline: Deadline, tls: Tls | None = None) -> None:
         self.args = args
         self.workdir = workdir
         self.deadline = deadline
+        self.tls = tls
+        self.kind = "HTTPS" if tls is not None else "HTTP"
+        self.suffix = "-tls" if tls is not None else ""
         self.upstream = Distribution(
-            "upstream", workdir, os.path.join(workdir, "upstream-storage"), access_log=True, level="warn"
+            "upstream" + self.suffix, workdir, os.path.join(workdir, "upstream-storage"), access_log=True, level="warn", tls=tls
         )
         self.distribution: Distribution | None = None
         self.trow: Trow | None = None
@@ -690,11 +891,14 @@ class Bench:
 
     def say(self, message: str) -> None:
         if not self.args.quiet:
-            print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+            prefix = f"{self.kind} upstream: " if self.tls is not None else ""
+            print(f"[{time.strftime('%H:%M:%S')}] {prefix}{message}", file=sys.stderr, flush=True)
 
     # -- set-up ----------------------------------------------------------------------------------
 
-    def setup(self) -> None:
+    def setup(self, content: Content | None = None) -> None:
+        """Start the upstream, push the content (unless given: already on the shared storage),
+        and start both proxies on empty storage."""
         # The trow the children run: whatever this interpreter imports outside the repository
         # (an installed package, or PYTHONPATH).
         self.trow_location = version_of(
@@ -706,6 +910,10 @@ class Bench:
         self.say("starting the upstream registry")
         self.upstream.start(self.deadline)
         assert self.upstream.port is not None
+        if content is not None:
+            self.content = content
+            self._start_proxies()
+            return
         self.say(
             f"pushing a {self.args.blob_mib} MiB blob, a {self.args.fanout_mib} MiB blob, "
             f"{self.args.first_byte_samples} blobs of {self.args.first_byte_mib} MiB and a manifest"
@@ -718,9 +926,19 @@ class Bench:
             self.args.first_byte_samples,
             self.args.first_byte_mib * MIB,
         )
-        remote = f"http://{LOOPBACK}:{self.upstream.port}"
-        self.distribution = Distribution("distribution", self.workdir, os.path.join(self.workdir, "distribution-storage"), remote=remote)
-        self.trow = Trow(self.workdir, os.path.join(self.workdir, "trow-data"), self.upstream.port)
+        self._start_proxies()
+
+    def _start_proxies(self) -> None:
+        assert self.upstream.port is not None
+        scheme = "https" if self.tls is not None else "http"
+        remote = f"{scheme}://{LOOPBACK}:{self.upstream.port}"
+        name = "distribution" + self.suffix
+        ca = self.tls.ca_path if self.tls is not None else None
+        self.distribution = Distribution(
+            name, self.workdir, os.path.join(self.workdir, f"{name}-storage"), remote=remote, trust_ca=ca
+        )
+        name = "trow" + self.suffix
+        self.trow = Trow(self.workdir, os.path.join(self.workdir, f"{name}-data"), self.upstream.port, name=name, ca_file=ca)
         self.say("starting distribution (proxy mode) and trow")
         self.distribution.start(self.deadline, fresh=True)
         self.trow.start(self.deadline, fresh=True)
@@ -742,15 +960,43 @@ class Bench:
         assert daemon is not None
         return daemon
 
-    def fetch(self, target: str, digest: str, size: int, verify: bool, cpu: dict[str, list[float]] | None = None) -> Fetch:
-        """GET a blob through C{target}; with C{cpu}, also record the server's CPU seconds per GB."""
+    def fetch(
+        self,
+        target: str,
+        digest: str,
+        size: int,
+        verify: bool,
+        cpu: dict[str, list[float]] | None = None,
+        breakdown: dict[tuple[str, bool], list[CpuSample]] | None = None,
+    ) -> Fetch:
+        """GET a blob through C{target}; with C{cpu}, also record the server's CPU seconds per GB;
+        with C{breakdown}, the CPU seconds of the server, this thread, the upstream and the machine."""
         self.deadline.check(f"a GET through {target}")
-        before = self.daemon(target).cpu_seconds()
+        daemon = self.daemon(target)
+        before = daemon.cpu_seconds()
+        upstream_before = self.upstream.cpu_seconds()
+        machine_before, interrupts_before = machine_busy_seconds()
+        client_before = time.thread_time()
         fetch = fetch_blob(
-            self.port(target), self.path(target, "blobs", digest), size, digest, verify, self.deadline.cap(300.0)
+            self.port(target),
+            self.path(target, "blobs", digest),
+            size,
+            digest,
+            verify,
+            self.deadline.cap(300.0),
+            context=daemon.ssl_context,
         )
+        client = time.thread_time() - client_before
+        machine, interrupts = (now - then for now, then in zip(machine_busy_seconds(), (machine_before, interrupts_before)))
+        server = daemon.cpu_seconds() - before
+        upstream = self.upstream.cpu_seconds() - upstream_before
         if cpu is not None:
-            cpu.setdefault(target, []).append((self.daemon(target).cpu_seconds() - before) / (size / 1e9))
+            cpu.setdefault(target, []).append(server / (size / 1e9))
+        if breakdown is not None:
+            sample = CpuSample(
+                server, client, None if target == "direct" else upstream, machine, interrupts, fetch.seconds, size
+            )
+            breakdown.setdefault((target, verify), []).append(sample)
         return fetch
 
     def restart_fresh(self, target: str, label: str) -> None:
@@ -767,6 +1013,25 @@ class Bench:
         daemon.label = label
         first = self.fetch(target, self.content.config, self.content.config_size, verify=True)
         self.results.first_after_start.setdefault(target, []).append(first)
+
+    def settle(self, limit: float = 30.0, window: float = 0.25, busy: float = 0.02) -> float:
+        """Wait until this bench's daemons are idle (each under C{busy} CPU seconds per C{window});
+        return the seconds waited.
+
+        distribution keeps filling its cache (a second upstream GET and a disk write) after its
+        client is served, and would otherwise compete with the next cold GET (usually direct's).
+        """
+        daemons = [d for d in (self.upstream, self.trow, self.distribution) if d is not None and d.running()]
+        start = time.monotonic()
+        end = start + self.deadline.cap(limit)
+        before = [d.cpu_seconds() for d in daemons]
+        while time.monotonic() < end:
+            time.sleep(window)
+            now = [d.cpu_seconds() for d in daemons]
+            if all(n - b < busy for n, b in zip(now, before)):
+                break
+            before = now
+        return time.monotonic() - start
 
     @staticmethod
     def order(rep: int) -> list[str]:
@@ -787,11 +1052,13 @@ class Bench:
                     # Distribution keeps filling its cache in the background after the client is
                     # served, so the CPU it used by then is only part of its cost: not recorded.
                     cpu = self.results.cold_cpu_per_gb if target != "distribution" else None
-                    fetch = self.fetch(target, c.big, c.big_size, verify, cpu)
+                    waited = self.settle()
+                    fetch = self.fetch(target, c.big, c.big_size, verify, cpu, self.results.cold_cpu)
                     self.results.cold.setdefault((target, verify), []).append(fetch)
                     self.say(
                         f"cold rep {rep + 1}/{self.args.reps} {'verified' if verify else 'unverified'} {target}: "
-                        f"{fetch.mb_per_s:.0f} MB/s, first byte {fetch.first_byte * 1000:.1f} ms"
+                        f"{fetch.mb_per_s:.0f} MB/s, first byte {fetch.first_byte * 1000:.1f} ms "
+                        f"(after {waited:.1f}s waiting for the daemons to go idle)"
                     )
 
     # -- 2: first byte of cold blobs ------------------------------------------------------------
@@ -802,6 +1069,7 @@ class Bench:
         c = self.content
         for index, digest in enumerate(c.small):
             for target in self.order(index):
+                self.settle(limit=5.0)  # no cache fill of the previous blob still running
                 fetch = self.fetch(target, digest, c.small_size, verify=True)
                 self.results.first_byte.setdefault(target, []).append(fetch)
         self.say(
@@ -970,6 +1238,15 @@ class Bench:
                 print(f"\n### trow under py-spy: {phase}\n\n```\n{summary}```")
             else:
                 self.say(f"py-spy wrote no profile for {phase}; see {out_dir}/py-spy-{phase}.log")
+
+    def collect_rss(self) -> None:
+        """Read every daemon's peak RSS into the results (VmHWM: reading it last is enough)."""
+        for role, daemon in (("trow", self.trow), ("distribution", self.distribution), ("upstream", self.upstream)):
+            if daemon is not None:
+                daemon.sample_rss()
+                self.results.peak_rss[role] = daemon.peak_rss
+        if self.trow is not None:
+            self.results.trow_peak_by_phase = dict(self.trow.peak_by_label)
 
     def stop_all(self) -> None:
         for daemon in (self.trow, self.distribution, self.upstream):
@@ -1227,6 +1504,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", default=None, help="also write every raw sample to this JSON file")
     parser.add_argument("--profile", default=None, metavar="DIR", help="afterwards, profile trow with py-spy and write to DIR")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    parser.add_argument(
+        "--https",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run rows 1-4 against an HTTPS upstream with a certificate from the run's own CA (rows 7-10)",
+    )
     args = parser.parse_args(argv)
     for name in ("blob_mib", "fanout_mib", "reps", "clients", "manifest_requests", "manifest_conns", "first_byte_samples", "first_byte_mib"):
         if getattr(args, name) < 1:
@@ -1238,8 +1521,225 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def report(args: argparse.Namespace, bench: "Bench", seconds: float, load_before: float, load_after: float) -> None:
-    """Print the header lines and the table (and write the JSON file if asked)."""
+def raw_results(r: Results) -> dict[str, Any]:
+    """Every raw sample of one bench, for --json."""
+    return {
+        "cold": {f"{t}/{'verified' if v else 'unverified'}": [vars(f) for f in fs] for (t, v), fs in r.cold.items()},
+        "warm": {f"{t}/{'verified' if v else 'unverified'}": [vars(f) for f in fs] for (t, v), fs in r.warm.items()},
+        "fanout_gets": r.fanout_gets,
+        "fanout_heads": r.fanout_heads,
+        "fanout_seconds": r.fanout_seconds,
+        "manifest_rps": r.manifest_rps,
+        "manifest_upstream_requests": r.manifest_upstream_requests,
+        "peak_rss": r.peak_rss,
+        "trow_peak_rss_by_phase": r.trow_peak_by_phase,
+        "first_after_start": {t: [vars(f) for f in fs] for t, fs in r.first_after_start.items()},
+        "first_byte": {t: [vars(f) for f in fs] for t, fs in r.first_byte.items()},
+        "cold_cpu_per_gb": r.cold_cpu_per_gb,
+        "warm_cpu_per_gb": r.warm_cpu_per_gb,
+        "cold_cpu": {f"{t}/{'verified' if v else 'unverified'}": [vars(c) for c in cs] for (t, v), cs in r.cold_cpu.items()},
+    }
+
+
+def _fmt(value: float | None, digits: int = 0) -> str:
+    return "n/a" if value is None or value != value else f"{value:,.{digits}f}"
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b and b == b and a == a else float("nan")
+
+
+def _mark(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def side_by_side_table(args: argparse.Namespace, benches: Sequence["Bench"]) -> str:
+    """Rows 7-10: the cold, first-byte, warm, concurrent and memory rows for each kind of upstream."""
+    rows: list[list[str]] = []
+    nan = float("nan")
+
+    def speed_rows(number: str, state: str, label: str, verify: bool, target: str) -> None:
+        for bench in benches:
+            samples = bench.results.cold if state == "cold" else bench.results.warm
+            direct, trow, dist = (mbps(samples.get((t, verify), [])) for t in TARGETS)
+            ok = trow > dist if target == "> distribution" else _ratio(trow, direct) >= 0.9
+            rows.append(
+                [
+                    number,
+                    f"{state} blob GET, {label} (MB/s)",
+                    bench.kind,
+                    _fmt(direct),
+                    _fmt(trow),
+                    _fmt(dist),
+                    f"{_ratio(trow, direct):.2f}x",
+                    f"{_ratio(trow, dist):.2f}x",
+                    f"{_ratio(dist, direct):.2f}x",
+                    target,
+                    _mark(ok),
+                ]
+            )
+
+    speed_rows("7", "cold", "sha256 verified", True, "> distribution")
+    speed_rows("7", "cold", "not verified", False, "> distribution")
+    for bench in benches:
+        direct, trow, dist = (ms_first_byte(bench.results.first_byte.get(t, [])) for t in TARGETS)
+        rows.append(
+            [
+                "8",
+                f"cold blob GET, time to first byte, median of {args.first_byte_samples} {args.first_byte_mib} MiB blobs (ms)",
+                bench.kind,
+                _fmt(direct, 1),
+                _fmt(trow, 1),
+                _fmt(dist, 1),
+                f"{_ratio(trow, direct):.2f}x",
+                f"{_ratio(trow, dist):.2f}x",
+                f"{_ratio(dist, direct):.2f}x",
+                "<= distribution",
+                _mark(trow <= dist),
+            ]
+        )
+    speed_rows("9", "warm", "sha256 verified", True, ">= 0.9x direct")
+    speed_rows("9", "warm", "not verified", False, ">= 0.9x direct")
+    for bench in benches:
+        gets_trow = bench.results.fanout_gets.get("trow", -1)
+        gets_dist = bench.results.fanout_gets.get("distribution", -1)
+        rows.append(
+            [
+                "10",
+                f"upstream GETs for 1 uncached {args.fanout_mib} MiB blob, {args.clients} concurrent clients "
+                f"(wall time until all had it, s)",
+                bench.kind,
+                "1",
+                f"{gets_trow} ({_fmt(bench.results.fanout_seconds.get('trow', nan), 1)} s)",
+                f"{gets_dist} ({_fmt(bench.results.fanout_seconds.get('distribution', nan), 1)} s)",
+                "",
+                "",
+                "",
+                "exactly 1",
+                _mark(gets_trow == 1),
+            ]
+        )
+    for bench in benches:
+        rss = {role: bench.results.peak_rss.get(role, 0) / MB for role in ("upstream", "trow", "distribution")}
+        rows.append(
+            [
+                "10",
+                "peak RSS of every trow process of this section, VmHWM (MB; direct = the upstream)",
+                bench.kind,
+                _fmt(rss["upstream"]),
+                _fmt(rss["trow"]),
+                _fmt(rss["distribution"]),
+                "",
+                f"{_ratio(rss['trow'], rss['distribution']):.2f}x",
+                "",
+                "< 150 MB",
+                _mark(0 < rss["trow"] < 150),
+            ]
+        )
+    header = [
+        "#", "measurement", "upstream", "direct", "trow", "distribution",
+        "trow / direct", "trow / distribution", "distribution / direct", "target", "met",
+    ]
+    return _markdown(header, rows)
+
+
+def limit_table(benches: Sequence["Bench"], sha: Sequence[float]) -> str:
+    """The limit of a verified cold GET for each kind of upstream, and each target's ratio to it."""
+    sha_best = max(sha) if sha else float("nan")
+    rows = []
+    for bench in benches:
+        cold = bench.results.cold
+        direct_raw = mbps(cold.get(("direct", False), []))
+        limit = min(direct_raw, sha_best)
+        trow_v = mbps(cold.get(("trow", True), []))
+        trow_u = mbps(cold.get(("trow", False), []))
+        dist_v = mbps(cold.get(("distribution", True), []))
+        dist_u = mbps(cold.get(("distribution", False), []))
+        direct_v = mbps(cold.get(("direct", True), []))
+        bound = "sha256" if sha_best < direct_raw else "direct"
+        rows.append(
+            [
+                bench.kind,
+                _fmt(direct_raw),
+                _fmt(sha_best),
+                f"{_fmt(limit)} ({bound})",
+                f"{_fmt(trow_v)} = {_ratio(trow_v, limit):.2f}x",
+                f"{_fmt(trow_u)} = {_ratio(trow_u, limit):.2f}x",
+                f"{_fmt(dist_v)} = {_ratio(dist_v, limit):.2f}x",
+                f"{_fmt(dist_u)} = {_ratio(dist_u, limit):.2f}x",
+                f"{_fmt(direct_v)} = {_ratio(direct_v, limit):.2f}x",
+                ">= 0.9x the limit (trow, verified)",
+                _mark(_ratio(trow_v, limit) >= 0.9),
+            ]
+        )
+    header = [
+        "upstream", "direct, not verified (MB/s)", "sha256, one core (MB/s)", "the limit (MB/s)",
+        "trow cold, verified", "trow cold, not verified", "distribution cold, verified",
+        "distribution cold, not verified", "direct, verified (the client hashes in line)", "target", "met",
+    ]
+    return _markdown(header, rows)
+
+
+def cpu_table(benches: Sequence["Bench"]) -> str:
+    """CPU seconds per GB of each process during the cold GETs, and how many cores were busy."""
+    rows = []
+    cores = os.cpu_count() or 0
+    for bench in benches:
+        for verify in (True, False):
+            for target in TARGETS:
+                samples = bench.results.cold_cpu.get((target, verify), [])
+                if not samples:
+                    continue
+
+                def per_gb(value: Callable[[CpuSample], float | None]) -> float:
+                    values = [value(c) for c in samples]
+                    known = [v / (c.size / 1e9) for v, c in zip(values, samples) if v is not None]
+                    return median(known) if known else float("nan")
+
+                def busy(value: Callable[[CpuSample], float]) -> float:
+                    return median([value(c) / c.seconds for c in samples])
+
+                def three(c: CpuSample) -> float:
+                    return c.server + c.client + (c.upstream or 0.0)
+
+                rows.append(
+                    [
+                        bench.kind,
+                        {"direct": "direct (server = the upstream)", "trow": "trow", "distribution": "distribution"}[target],
+                        "verified" if verify else "not verified",
+                        _fmt(median([c.size / MB / c.seconds for c in samples])),
+                        _fmt(per_gb(lambda c: c.server), 2),
+                        _fmt(per_gb(lambda c: c.client), 2),
+                        _fmt(per_gb(lambda c: c.upstream), 2) if target != "direct" else "",
+                        _fmt(per_gb(three), 2),
+                        f"{_fmt(per_gb(lambda c: c.machine), 2)} ({_fmt(per_gb(lambda c: c.interrupts), 2)})",
+                        _fmt(busy(three), 2),
+                        f"{_fmt(busy(lambda c: c.machine), 2)} of {cores}",
+                    ]
+                )
+    header = [
+        "upstream", "target", "client", "MB/s", "serving process (s/GB)", "client thread (s/GB)", "upstream (s/GB)",
+        "the three (s/GB)", "whole machine (s/GB) (of which irq + softirq)", "the three / wall time (cores)", "whole machine / wall time (cores)",
+    ]
+    return _markdown(header, rows)
+
+
+def report(
+    args: argparse.Namespace,
+    bench: "Bench",
+    seconds: float,
+    load_before: float,
+    load_after: float,
+    secure: "Bench | None" = None,
+    sha: Sequence[float] = (),
+) -> None:
+    """Print the header lines and the tables (and write the JSON file if asked)."""
     r = bench.results
     print(f"## trow pull-through cache benchmark, {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}\n")
     print(f"- machine: {machine()}")
@@ -1255,35 +1755,53 @@ def report(args: argparse.Namespace, bench: "Bench", seconds: float, load_before
         f"MB = 10^6 bytes"
     )
     print(f"- run took {seconds:.0f}s; 1-minute load average before {load_before:.2f}, after {load_after:.2f}")
-    phases = ", ".join(f"{label} {hwm / MB:.0f}" for label, hwm in r.trow_peak_by_phase.items())
-    print(
-        f"- checks: upstream GETs during the warm rows: {r.warm_upstream_gets} (want 0); upstream requests "
-        f"during the manifest rows: trow {r.manifest_upstream_requests.get('trow', 0)}, distribution "
-        f"{r.manifest_upstream_requests.get('distribution', 0)}; upstream HEADs in row 4: trow "
-        f"{r.fanout_heads.get('trow', 0)}, distribution {r.fanout_heads.get('distribution', 0)}; "
-        f"trow peak RSS (MB) by process: {phases}"
-    )
+    for b in (bench, secure):
+        if b is None:
+            continue
+        phases = ", ".join(f"{label} {hwm / MB:.0f}" for label, hwm in b.results.trow_peak_by_phase.items())
+        manifests = (
+            f"upstream requests during the manifest rows: trow {b.results.manifest_upstream_requests.get('trow', 0)}, "
+            f"distribution {b.results.manifest_upstream_requests.get('distribution', 0)}; "
+            if b is bench
+            else ""
+        )
+        print(
+            f"- checks{'' if b is bench else ' (' + b.kind + ' upstream)'}: upstream GETs during the warm rows: "
+            f"{b.results.warm_upstream_gets} (want 0); {manifests}upstream HEADs in row {4 if b is bench else 10}: trow "
+            f"{b.results.fanout_heads.get('trow', 0)}, distribution {b.results.fanout_heads.get('distribution', 0)}; "
+            f"trow peak RSS (MB) by process: {phases}"
+        )
+    if sha:
+        print(f"- sha256 on one core (hashlib, {SHA_MIB} MiB in memory), MB/s: {', '.join(f'{v:,.0f}' for v in sha)}")
     print()
     print(table(args, r), flush=True)
+    benches = [b for b in (bench, secure) if b is not None]
+    if secure is not None:
+        print(f"\n### Plain-HTTP and HTTPS upstreams side by side (rows 1-4 again, for each kind)\n")
+        print(side_by_side_table(args, benches), flush=True)
+    print("\n### The limit of a verified cold GET: min(direct not verified, sha256 on one core)\n")
+    print(limit_table(benches, sha), flush=True)
+    print("\n### CPU during the cold GETs (medians; CPU seconds per GB served, from the request to the last byte)\n")
+    print(cpu_table(benches), flush=True)
     if args.json:
-        raw = {
-            "args": vars(args),
-            "cold": {f"{t}/{'verified' if v else 'unverified'}": [vars(f) for f in fs] for (t, v), fs in r.cold.items()},
-            "warm": {f"{t}/{'verified' if v else 'unverified'}": [vars(f) for f in fs] for (t, v), fs in r.warm.items()},
-            "fanout_gets": r.fanout_gets,
-            "fanout_heads": r.fanout_heads,
-            "fanout_seconds": r.fanout_seconds,
-            "manifest_rps": r.manifest_rps,
-            "manifest_upstream_requests": r.manifest_upstream_requests,
-            "peak_rss": r.peak_rss,
-            "trow_peak_rss_by_phase": r.trow_peak_by_phase,
-            "first_after_start": {t: [vars(f) for f in fs] for t, fs in r.first_after_start.items()},
-            "first_byte": {t: [vars(f) for f in fs] for t, fs in r.first_byte.items()},
-            "cold_cpu_per_gb": r.cold_cpu_per_gb,
-            "warm_cpu_per_gb": r.warm_cpu_per_gb,
-        }
+        raw = raw_results(r)
+        raw["args"] = vars(args)
+        raw["sha256_mb_per_s"] = list(sha)
+        if secure is not None:
+            raw["https"] = raw_results(secure.results)
         with open(args.json, "w") as handle:
             json.dump(raw, handle, indent=2)
+
+
+# hashlib.sha256 over this much in-memory data per sample of the limit's sha256 speed.
+SHA_MIB = 512
+SHA_SAMPLES = 3
+
+
+def measure_sha256(bench: "Bench", deadline: Deadline, into: list[float]) -> None:
+    for _ in range(SHA_SAMPLES):
+        into.append(sha256_mb_per_s(SHA_MIB, deadline))
+    bench.say("sha256 on one core: " + ", ".join(f"{v:,.0f}" for v in into[-SHA_SAMPLES:]) + " MB/s")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1296,23 +1814,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     deadline = Deadline(args.max_seconds)
     workdir = tempfile.mkdtemp(prefix="trow-bench-", dir=args.tmp)
     bench = Bench(args, workdir, deadline)
+    secure: Bench | None = None
+    sha: list[float] = []
     started = time.monotonic()
     load_before = os.getloadavg()[0]
     try:
         bench.setup()
+        measure_sha256(bench, deadline, sha)
         bench.cold()
         bench.first_bytes()
         bench.warm()
         bench.fanout()
         bench.manifests()
-        # VmHWM is a high-water mark: reading it from each process before it stops is enough.
-        for daemon in (bench.trow, bench.distribution, bench.upstream):
-            if daemon is not None:
-                daemon.sample_rss()
-                bench.results.peak_rss[daemon.name] = daemon.peak_rss
-        if bench.trow is not None:
-            bench.results.trow_peak_by_phase = dict(bench.trow.peak_by_label)
-        report(args, bench, time.monotonic() - started, load_before, os.getloadavg()[0])
+        bench.collect_rss()
+        if args.https:
+            # The plain proxies stop (the profile restarts trow if asked); the plain upstream stays
+            # up, idle, and the HTTPS upstream serves the same storage.
+            for daemon in (bench.trow, bench.distribution):
+                if daemon is not None:
+                    daemon.stop()
+            secure = Bench(args, workdir, deadline, tls=make_tls(os.path.join(workdir, "tls")))
+            assert bench.content is not None
+            secure.setup(bench.content)
+            secure.cold()
+            secure.first_bytes()
+            secure.warm()
+            secure.fanout()
+            secure.collect_rss()
+            secure.stop_all()
+        measure_sha256(bench, deadline, sha)
+        report(args, bench, time.monotonic() - started, load_before, os.getloadavg()[0], secure, sha)
         if args.profile:
             bench.profile(args.profile)
     except BenchError as e:
@@ -1321,6 +1852,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"logs kept in {workdir}", file=sys.stderr)
         return 1
     finally:
+        if secure is not None:
+            secure.stop_all()
         bench.stop_all()
         _end_children()
         if not args.keep:

@@ -173,9 +173,10 @@ def test_distinct_digests_download_separately(tee: Tee) -> None:
 # -- readers follow the writer -----------------------------------------------------------------
 
 
-def test_readers_that_keep_up_get_bytes_as_they_arrive(tee: Tee) -> None:
+def test_readers_that_keep_up_get_bytes_as_they_arrive(tee: Tee, monkeypatch: pytest.MonkeyPatch) -> None:
     """A reader that keeps up is sent the upstream's bytes as they arrive, from memory, before the
     disk worker has written them (no read back from the file, an earlier first byte)."""
+    monkeypatch.setattr(tee_module, "PIECE", 1)
     download = tee.download()
     response = sized_response(tee)
     reading = tee.read(download)
@@ -188,10 +189,27 @@ def test_readers_that_keep_up_get_bytes_as_they_arrive(tee: Tee) -> None:
     assert pending(reading.done)
 
 
+def test_small_pieces_are_read_from_the_file(tee: Tee, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small pieces (TLS records) are not kept in memory, which would cost a copy each on the
+    reactor: a reader gets them once they are in the file."""
+    monkeypatch.setattr(tee_module, "PIECE", 32)
+    download = tee.download()
+    response = sized_response(tee)
+    reading = tee.read(download)
+    tee.worker.holding = True
+    response.write(DATA[:8])
+    response.write(DATA[8:16])
+    assert download.recent(0, 8) is None
+    assert reading.received == b""
+    tee.worker.release()
+    assert reading.received == DATA[:16]
+
+
 def test_a_reader_behind_the_window_reads_the_file(tee: Tee, monkeypatch: pytest.MonkeyPatch) -> None:
     """The bytes kept in memory are only the last few MiB: a reader that starts later, or falls
     behind, reads what it missed from the file, as far as it is written."""
     monkeypatch.setattr(tee_module, "WINDOW", 8)
+    monkeypatch.setattr(tee_module, "PIECE", 1)
     download = tee.download()
     response = sized_response(tee)
     for piece in (DATA[:10], DATA[10:20], DATA[20:30]):

@@ -42,6 +42,8 @@ _log = Logger()
 RESUME_ATTEMPTS = 3
 # Bytes of the blob kept in memory after they arrive, for readers that keep up with the download.
 WINDOW = 16 << 20
+# The smallest piece that window holds: smaller ones (TLS records) are read from the file.
+PIECE = 64 << 10
 # How long a download keeps asking an unreachable upstream for the rest of a blob it dropped.
 RESUME_BUDGET = 30.0
 # How long a follower keeps trying to reach a leader (or to take over its lease) before the
@@ -334,9 +336,16 @@ class Download:
         self._finish()
 
     def _hold(self, data: bytes) -> None:
-        """Keep C{data}, the next bytes of the blob, for readers that keep up; drop the oldest."""
-        self._window.append((self.received_end, data))
+        """Keep C{data}, the next bytes of the blob, for readers that keep up; drop the oldest.
+
+        Only large pieces (plain TCP reads of up to 1 MiB): small ones (TLS hands the body over
+        in records of 16 KiB) would cost the reactor, already the bound with TLS, a copy each to
+        gather them; readers read those from the file, on the disk workers."""
+        start = self.received_end
         self.received_end += len(data)
+        if len(data) < PIECE:
+            return
+        self._window.append((start, data))
         self._window_bytes += len(data)
         while self._window_bytes > WINDOW and len(self._window) > 1:
             _, old = self._window.popleft()

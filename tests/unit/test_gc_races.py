@@ -343,3 +343,42 @@ def test_digest_objects_and_paths_agree(world: World) -> None:
     assert world.content(digest(data)) == data and not os.path.exists(aside)
     assert world.blobs.move_aside_sync("sha256:" + "0" * 64) is None
     assert world.blobs.move_aside_sync("not a digest") is None
+
+
+def test_a_manifest_committed_during_the_sweep_keeps_its_link(tmp_path: Path, pg_schema_url: str) -> None:
+    """PostgreSQL, two processes: the sweep finds an old link unreferenced, and before it deletes
+    it another replica commits a manifest that references the blob (READ COMMITTED: the sweep's
+    first look did not see it, and the push did not see the sweep's record). The sweep checks
+    again under the digest's lock as it deletes: the link stays, the image stays whole."""
+    from tests.unit.harness import open_postgres
+
+    world = World(str(tmp_path / "data"), database=pg_schema_url)
+    try:
+        layer = world.push_blob("team/app", blob("layer"))
+        config = world.push_blob("team/app", blob("config"))
+        world.later(2 * HOUR)
+        other = open_postgres(pg_schema_url)
+        real_lock = world.metadata._lock
+        pushed: list[str] = []
+
+        def push_then_lock(c: Any, digests: Any) -> None:
+            wanted = list(digests)
+            if layer in wanted and not pushed:
+                # The other replica's push, committed between the sweep's look and its delete.
+                manifest = image_manifest(blob("config"), [blob("layer")])
+                record = ManifestRecord("team/app", digest(manifest), "application/vnd.oci.image.manifest.v1+json", len(manifest))
+                result_of(other.put_manifest(record, [config, layer], ["v1"]))
+                pushed.append(record.digest)
+            real_lock(c, wanted)
+
+        world.metadata._lock = push_then_lock  # type: ignore[method-assign]
+        try:
+            result = world.gc(grace=HOUR)
+        finally:
+            other.close()
+        assert pushed, "the sweep never came to delete the layer's link"
+        assert ("team/app", layer) not in result.swept
+        assert result_of(world.metadata.blob_linked("team/app", layer))
+        assert world.stored(layer)
+    finally:
+        world.metadata.close()

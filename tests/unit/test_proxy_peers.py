@@ -923,3 +923,15 @@ def test_peer_path_streams_a_download_in_progress_from_an_offset(leader: Leader)
 def test_peer_path_bad_digest_is_400(leader: Leader) -> None:
     r = peer_get(leader.api, digest="sha256:nothex", signature=peer_signature(KEY, "sha256:nothex"))
     assert r.code == 400
+
+
+def test_a_blob_stored_by_another_repository_is_confirmed_before_it_is_followed(follow: Follow) -> None:
+    """A follower that finds the blob already stored (a leader for another, perhaps private,
+    repository finished just before) reads it only once this repository's upstream confirms it
+    has the blob: refused, nothing is served or linked here."""
+    result_of(follow.blobs.put_bytes(DATA, DIGEST))
+    download = follow.download()
+    assert [repo for repo, _ in follow.upstream.heads] == [NGINX.cache_repo]
+    follow.upstream.heads[0][1].callback(False)
+    assert download.failure is not None and download.failure.check(UpstreamStatus)
+    assert not follow.linked(NGINX)

@@ -212,6 +212,7 @@ def test_a_reader_behind_the_window_reads_the_file(tee: Tee, monkeypatch: pytest
     monkeypatch.setattr(tee_module, "PIECE", 1)
     download = tee.download()
     response = sized_response(tee)
+    first = tee.read(download)  # a reader that keeps up: the download holds what arrives
     for piece in (DATA[:10], DATA[10:20], DATA[20:30]):
         response.write(piece)
     assert download.recent(0, 10) is None and download.recent(20, 10) == DATA[20:30]
@@ -220,7 +221,24 @@ def test_a_reader_behind_the_window_reads_the_file(tee: Tee, monkeypatch: pytest
     tee.worker.holding = True
     response.write(DATA[30:40])
     assert late.received == DATA[:40], "a caught-up reader waits for no write"
+    assert first.received == DATA[:40]
     tee.worker.release()
+
+
+def test_nothing_is_held_without_a_reader_or_past_the_budget(tee: Tee, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A download nobody reads holds nothing in memory; nor does one once the process-wide
+    budget is spent: memory stays flat however many downloads run."""
+    monkeypatch.setattr(tee_module, "PIECE", 1)
+    download = tee.download()
+    response = sized_response(tee)
+    response.write(DATA[:10])
+    assert download.recent(0, 10) is None
+    reading = tee.read(download)
+    monkeypatch.setattr(tee_module, "WINDOW_BUDGET", tee_module._HELD[0] + 10)
+    response.write(DATA[10:20])
+    response.write(DATA[20:30])
+    assert download.recent(10, 10) == DATA[10:20] and download.recent(20, 10) is None
+    assert reading.received == DATA[:30]
 
 
 def test_reader_never_gets_the_last_byte_before_verification(tee: Tee) -> None:

@@ -44,6 +44,9 @@ RESUME_ATTEMPTS = 3
 WINDOW = 16 << 20
 # The smallest piece that window holds: smaller ones (TLS records) are read from the file.
 PIECE = 64 << 10
+# What all the downloads of this process may hold at once, and what they hold.
+WINDOW_BUDGET = 64 << 20
+_HELD = [0]
 # How long a download keeps asking an unreachable upstream for the rest of a blob it dropped.
 RESUME_BUDGET = 30.0
 # How long a follower keeps trying to reach a leader (or to take over its lease) before the
@@ -185,7 +188,9 @@ class Download:
                 raise DownloadFailed(f"download of {digest} given up: {self._aborted}")
             stored = await self._blobs.stat_size(self.digest)
             if stored is not None and offset < stored:
-                # The leader finished while this replica followed it: read on from the blob.
+                # The leader finished while this replica followed it: read on from the blob, if
+                # this repository may have it (the bytes may be a private repository's).
+                await self._confirm(digest)
                 self._from_peer = True
                 return StoredResponse(self._blobs.path(self.digest), offset, stored, self._blobs.worker)  # type: ignore[return-value]
             lease = await coordinator.claim(digest, self.name.cache_repo)
@@ -197,12 +202,13 @@ class Download:
                 if self._followed:
                     _log.info("took over the download of {digest} at {offset} bytes", digest=digest, offset=offset)
                 return await self._upstream.get_blob(self.name, digest, offset=offset)
-            if lease.repo != self.name.cache_repo and not self._confirmed:
+            if lease.repo == self.name.cache_repo:
+                # The leader fetches it from this repository's upstream: that vouches for it.
+                self._confirmed = True
+            else:
                 # The leader fetches for another repository, maybe a private one: only this
                 # repository's upstream can say it has the blob too (one HEAD).
-                if not await self._upstream.has_blob(self.name, digest):
-                    raise UpstreamStatus(404, f"blob {digest} is not in {self.name.repo} upstream")
-                self._confirmed = True
+                await self._confirm(digest)
             try:
                 response = await coordinator.fetch(lease.peer_url, digest, offset)
             except PeerUnavailable as e:
@@ -246,6 +252,15 @@ class Download:
                 )
                 await deferLater(self._clock, delay, lambda: None)
                 delay = min(delay * 2, 4.0)
+
+    async def _confirm(self, digest: str) -> None:
+        """Raise unless this repository's upstream has the blob (one HEAD, once): bytes another
+        repository brought in are served here only then."""
+        if self._confirmed:
+            return
+        if not await self._upstream.has_blob(self.name, digest):
+            raise UpstreamStatus(404, f"blob {digest} is not in {self.name.repo} upstream")
+        self._confirmed = True
 
     async def _fetch(self) -> None:
         response = await self._open(0)
@@ -343,13 +358,17 @@ class Download:
         gather them; readers read those from the file, on the disk workers."""
         start = self.received_end
         self.received_end += len(data)
-        if len(data) < PIECE:
-            return
+        # Only while a reader may want it, and within one budget for the whole process: with
+        # many downloads at once, or none of their clients keeping up, memory stays flat.
+        if len(data) < PIECE or not self._listeners or _HELD[0] + len(data) > WINDOW_BUDGET:
+            return  # readers get these bytes from the file once written (_written wakes them)
         self._window.append((start, data))
         self._window_bytes += len(data)
+        _HELD[0] += len(data)
         while self._window_bytes > WINDOW and len(self._window) > 1:
             _, old = self._window.popleft()
             self._window_bytes -= len(old)
+            _HELD[0] -= len(old)
         self._notify()
 
     def recent(self, position: int, size: int) -> bytes | None:
@@ -399,6 +418,7 @@ class Download:
 
     def _finish(self) -> None:
         self._window.clear()
+        _HELD[0] -= self._window_bytes
         self._window_bytes = 0
         if self._coordinator is not None and self.leading:
             if self._stop_renewing is not None:

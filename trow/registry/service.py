@@ -419,14 +419,18 @@ class Registry:
             await self._claim(upload_id, offset)
             try:
                 new_offset = await self.uploads.append(upload_id, body, offset)
+                advanced = await self.metadata.advance_upload(upload_id, offset, new_offset, self.writer)
             except BaseException:
-                await self.metadata.release_upload(upload_id, self.writer)
+                # Never leave the claim standing: this replica lives on, and no other could
+                # write the session until it stopped.
+                self.uploads.forget(upload_id)
+                await self._release_claim(upload_id)
                 raise
-            if not await self.metadata.advance_upload(upload_id, offset, new_offset, self.writer):
+            if not advanced:
                 # The claim was void by then (this replica was taken for dead): the chunk is not
                 # counted, and the client sends it again from the offset the session holds.
                 self.uploads.forget(upload_id)
-                raise self._busy_upload(upload_id, offset)
+                raise self._busy_upload(upload_id, await self._offset_now(upload_id, offset))
             return new_offset
         except BaseException:
             discard(body)
@@ -438,7 +442,21 @@ class Registry:
         """Take the session's write claim at C{offset}, or refuse the request (416): another
         request, perhaps on another replica, is writing it, or moved it since we looked."""
         if not await self.metadata.claim_upload(upload_id, offset, self.writer):
-            raise self._busy_upload(upload_id, offset)
+            raise self._busy_upload(upload_id, await self._offset_now(upload_id, offset))
+
+    async def _release_claim(self, upload_id: str) -> None:
+        try:
+            await self.metadata.release_upload(upload_id, self.writer)
+        except MetadataUnavailable:
+            pass  # the database is gone: the claim goes with this replica's heartbeat
+
+    async def _offset_now(self, upload_id: str, seen: int) -> int:
+        """The session's offset as the metadata holds it now (for a 416's Range), else C{seen}."""
+        try:
+            record = await self.metadata.get_upload(upload_id)
+        except MetadataUnavailable:
+            return seen
+        return seen if record is None or record.size < 0 else record.size
 
     @staticmethod
     def _busy_upload(upload_id: str, offset: int) -> RegistryError:
@@ -479,11 +497,12 @@ class Registry:
                     # A failed upload is gone: the client must start again, and nothing wrong is kept.
                     await self._forget_upload(upload_id)
                     raise self._mismatch(digest, f"{digest.algorithm}:{actual}")
-                if self.uploads.size(upload_id) != offset:
-                    await self.uploads.truncate(upload_id, offset)
+                # Always, on the worker: a stat may be cached (NFS), and a tail a killed writer
+                # left past the offset must not end up in the blob.
+                await self.uploads.truncate(upload_id, offset)
                 await self.blobs.commit(self.uploads.path(upload_id), digest)
             except BaseException:
-                await self.metadata.release_upload(upload_id, self.writer)
+                await self._release_claim(upload_id)
                 raise
             self.uploads.forget(upload_id)
             await self.metadata.finish_upload(upload_id, repo, str(digest))

@@ -15,6 +15,7 @@ digest checked, so a blob path either does not exist or holds exactly the bytes 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -433,7 +434,17 @@ class BlobStore:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.rename(source, target)
+        # A link, not a rename: if another replica put the same blob in place meanwhile, its
+        # file stays (a rename would replace an inode that a client elsewhere may be reading).
+        try:
+            os.link(source, target)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                raise
+            os.rename(source, target)  # a file system without hard links
+        discard_file(source)
         fsync_dir(parent)
 
     def commit(self, source: str, digest: Digest) -> "Deferred[None]":

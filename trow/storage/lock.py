@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import secrets
 
 LOCK_NAME = "trow.lock"
 # Present when the data dir's metadata is in PostgreSQL (replicas, or after python -m trow migrate):
@@ -90,7 +91,8 @@ def mark_shared(data_dir: str, where: str) -> None:
     path = os.path.join(data_dir, SHARED_MARK)
     if shared_mark(data_dir) == where:
         return
-    temporary = f"{path}.{os.getpid()}"
+    # A random name: replicas start at once, each as pid 1 of its container.
+    temporary = f"{path}.{secrets.token_hex(8)}"
     with open(temporary, "w", encoding="utf-8") as handle:
         handle.write(where + "\n")
         handle.flush()

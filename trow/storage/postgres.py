@@ -20,6 +20,7 @@ import time
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import psycopg
+import psycopg.errors
 import psycopg_pool
 from psycopg import conninfo
 from twisted.internet.defer import Deferred
@@ -43,6 +44,8 @@ DIGEST_SEED = 0x7472
 CONNECT_TIMEOUT = 3
 POOL_TIMEOUT = 3.0
 STATEMENT_TIMEOUT_MS = 10_000
+# How long start-up waits for another replica's schema migration before it goes on (and tries again).
+MIGRATION_WAIT = 10.0
 # After a failure, calls fail at once for this long, then one call probes the database.
 BREAKER_OPEN = 1.0
 
@@ -345,7 +348,8 @@ class PostgresMetadata(SqlMetadata):
         self._pool = psycopg_pool.ConnectionPool(
             url,
             min_size=1,
-            max_size=max_connections,
+            # One more than the db threads: a GC pass keeps one aside for its set-wide lock.
+            max_size=max_connections + 1,
             open=False,
             timeout=pool_timeout,
             # One reconnection attempt backs off (1, 2, 4, 8 s) for this long, then gives up; the
@@ -379,8 +383,16 @@ class PostgresMetadata(SqlMetadata):
         try:
             with psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT, autocommit=True) as conn:
                 # Session lock: held across the migrations' own transactions, dropped with the
-                # connection however this process ends.
-                conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+                # connection however this process ends. Waited for a bounded time: a replica
+                # still migrating (or one stuck holding it) must not keep this one from starting
+                # its listeners; the replica set tries again later.
+                deadline = time.monotonic() + MIGRATION_WAIT
+                while not conn.execute("SELECT pg_try_advisory_lock(%s)", (MIGRATION_LOCK,)).fetchone()[0]:  # type: ignore[index]
+                    if time.monotonic() > deadline:
+                        raise MetadataUnavailable(
+                            f"the database {self.where} is being migrated by another replica; trying again"
+                        )
+                    time.sleep(0.2)
                 conn.execute("CREATE TABLE IF NOT EXISTS trow_schema (version INTEGER NOT NULL)")
                 applied = {int(r[0]) for r in conn.execute("SELECT version FROM trow_schema").fetchall()}
                 found = max(applied, default=0)
@@ -438,9 +450,10 @@ class PostgresMetadata(SqlMetadata):
         # A read that meets a pooled connection the server dropped (a restart) is run again on a
         # fresh one: pooled connections are not checked on the way out, which would cost every
         # call a round trip. A write is not: it may have committed before the connection broke.
-        attempts = 1 if write else 2
+        # A transaction that lost a deadlock (or a serialization check) is run again once.
+        reconnects = 0 if write else 1
+        rollbacks = 1
         while True:
-            attempts -= 1
             conn: psycopg.Connection[Any] | None = None
             try:
                 with self._pool.connection(timeout=self._pool_timeout) as conn:
@@ -455,9 +468,24 @@ class PostgresMetadata(SqlMetadata):
                                 undo()
                             raise
                 break
-            except psycopg.OperationalError as e:
-                if attempts > 0 and conn is not None and conn.broken:
+            except psycopg.errors.TransactionRollback as e:
+                if rollbacks > 0:
+                    rollbacks -= 1
                     continue
+                raise MetadataUnavailable(f"the database {self.where} could not complete a call: {_reason(e)}") from None
+            except (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable) as e:
+                # The database answers; this call took too long or waited too long for a lock.
+                # Unavailable for this call only: the breaker is for a database that is gone.
+                if probe:
+                    self._close_breaker()
+                raise MetadataUnavailable(f"the database {self.where} is too slow: {_reason(e)}") from None
+            except psycopg.OperationalError as e:
+                if conn is not None and conn.broken:
+                    # A connection the server dropped: have the pool look at the others too.
+                    self._pool.check()
+                    if reconnects > 0:
+                        reconnects -= 1
+                        continue
                 reason = f"the database {self.where} is unavailable: {_reason(e)}"
                 self._trip(reason)
                 raise MetadataUnavailable(reason) from None

@@ -414,7 +414,8 @@ class SqlMetadata:
 
     def gc_record_access(self, entries: Iterable[tuple[str, str, float]]) -> "Deferred[None]":
         """Note reads of (repository, digest) at the given times; a time never moves back."""
-        rows = list(entries)
+        # In key order: replicas flushing the same popular keys then never deadlock.
+        rows = sorted(entries)
 
         def record(c: Connection) -> None:
             c.executemany(
@@ -482,9 +483,25 @@ class SqlMetadata:
                 "LEFT JOIN gc_access a ON a.repo = p.repo AND a.digest = p.digest ORDER BY p.repo, p.digest",
                 (*after, scan, cutoff, cutoff, cutoff),
             ).fetchall()
-            swept = [(repo, digest) for repo, digest, dead in rows if dead]
-            for repo, digest in swept:
-                c.execute("DELETE FROM repo_blobs WHERE repo = ? AND digest = ?", (repo, digest))
+            dead = [(repo, digest) for repo, digest, gone in rows if gone]
+            # Under each digest's link lock, and checked again as it is deleted: a manifest
+            # stored by another process since the look above (PostgreSQL: READ COMMITTED, and
+            # its gc_swept row would not be seen yet) keeps the link.
+            self._lock(c, sorted({digest for _, digest in dead}))
+            swept: list[tuple[str, str]] = []
+            for repo, digest in dead:
+                still = c.execute(
+                    "DELETE FROM repo_blobs WHERE repo = ? AND digest = ? "
+                    f"AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.child = ? AND {x}r.repo = ?) "
+                    "AND NOT EXISTS (SELECT 1 FROM manifests m WHERE m.repo = ? AND m.digest = ?) "
+                    "AND NOT EXISTS (SELECT 1 FROM manifests m WHERE m.repo = ? AND m.subject = ?) "
+                    "AND NOT EXISTS (SELECT 1 FROM uploads u WHERE u.repo = ? AND u.updated >= ?) "
+                    "AND NOT EXISTS (SELECT 1 FROM gc_links n WHERE n.repo = ? AND n.linked >= ?)",
+                    (repo, digest, digest, repo, repo, digest, repo, digest, repo, cutoff, repo, cutoff),
+                ).rowcount
+                if not still:
+                    continue
+                swept.append((repo, digest))
                 c.execute("DELETE FROM gc_access WHERE repo = ? AND digest = ?", (repo, digest))
                 c.execute(
                     "INSERT INTO gc_swept (repo, digest, at) VALUES (?, ?, ?) "

@@ -386,6 +386,8 @@ def test_stored_response_pauses_and_resumes(stored_file: tuple[str, bytes]) -> N
     protocol = BodyProtocol(pause_each=True)
     response.deliverBody(protocol)
     assert len(worker.queue) == 1
+    worker.step()  # the open, on the worker too
+    assert len(worker.queue) == 1
     worker.step()
     assert len(protocol.chunks) == 1
     assert worker.queue == [], "read on while paused"
@@ -409,6 +411,7 @@ def test_stored_response_stops_when_told(stored_file: tuple[str, bytes]) -> None
     response = StoredResponse(path, 0, len(data), worker)
     protocol = BodyProtocol(pause_each=True)
     response.deliverBody(protocol)
+    worker.step()  # the open
     worker.step()
     response.stopProducing()
     assert worker.queue == []

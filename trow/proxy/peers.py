@@ -169,8 +169,9 @@ class StoredResponse:
     phrase = b"Partial Content"
 
     def __init__(self, path: str, offset: int, size: int, worker: Worker) -> None:
-        self._handle: IO[bytes] = open(path, "rb")
-        self._handle.seek(offset)
+        self._path = path
+        self._offset = offset
+        self._handle: IO[bytes] | None = None
         self._worker = worker
         self.length = size - offset
         self.headers = Headers({"Content-Range": [f"bytes {offset}-{size - 1}/{size}"]})
@@ -185,6 +186,8 @@ class StoredResponse:
     async def _pump(self, protocol: Any) -> None:
         reason: Failure = Failure(ResponseDone())
         try:
+            # Opened on the worker: an open on a network volume can stall.
+            self._handle = await self._worker.run(self._open)
             while not self._stopped:
                 if self._paused:
                     self._wake = Deferred()
@@ -197,8 +200,14 @@ class StoredResponse:
         except Exception:
             reason = Failure()
         finally:
-            self._handle.close()
+            if self._handle is not None:
+                self._handle.close()
         protocol.connectionLost(reason)
+
+    def _open(self) -> IO[bytes]:
+        handle = open(self._path, "rb")
+        handle.seek(self._offset)
+        return handle
 
     def _resume(self) -> None:
         wake, self._wake = self._wake, None

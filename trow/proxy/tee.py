@@ -30,7 +30,7 @@ from zope.interface import implementer
 from trow.metrics import Metrics
 from trow.proxy.names import ProxiedName
 from trow.proxy.peers import DownloadCoordinator, PeerUnavailable, StoredResponse
-from trow.proxy.upstream import UpstreamClient, UpstreamStatus, UpstreamUnavailable
+from trow.proxy.upstream import UpstreamClient, UpstreamStatus, UpstreamUnavailable, discard_body
 from trow.registry.names import Digest
 from trow.storage.blobs import BlobStore, HashingWriter, discard_file
 from trow.storage.metadata import Metadata
@@ -266,7 +266,11 @@ class Download:
         response = await self._open(0)
         length = _content_length(response)
         # On the disk worker: creating a file on a network volume can stall.
-        handle: IO[bytes] = await self._blobs.worker.run(open, self.path, "wb")
+        try:
+            handle: IO[bytes] = await self._blobs.worker.run(open, self.path, "wb")
+        except BaseException:
+            discard_body(response)  # or its pooled connection stays stuck
+            raise
         self._handle = handle
         hasher = self.digest.hasher()
         self._writer = HashingWriter(

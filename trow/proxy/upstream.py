@@ -569,6 +569,9 @@ def _raise_for_status(response: IResponse, name: ProxiedName, reference: str) ->
     )
 
 
-def _discard(response: IResponse) -> None:
+def discard_body(response: IResponse) -> None:
     """Drop a body unread into memory (the pooled connection is reused once it has passed)."""
     response.deliverBody(_Discard())
+
+
+_discard = discard_body

@@ -33,10 +33,13 @@ collector that checked "no row" and then deleted would lose content such a path 
 decided to use. So deletion goes through a quarantine, with the single db worker (C{trow-db})
 as the serialisation point:
 
-- I{doom}: one call on the db worker re-checks that the digest has no row, renames its file into
-  C{tmp/} (a rename: cheap, and it must sit inside that check) and records it in
-  C{gc_quarantine}. No link can come between the check and the move: links are made on that
-  thread too.
+- I{doom}: one transaction re-checks that the digest has no row and records it in
+  C{gc_quarantine} with the name its file will have in C{tmp/}; a second one, once that record
+  is committed, looks at the record again and renames the file there (a rename: cheap, and it
+  must sit inside that look). Both hold the digest's link lock (with sqlite, the single db
+  thread): no link can come between a check and a move, and a link made between the two
+  transactions ends the quarantine, so the file is not moved. The record commits first, so a
+  process killed at any point never leaves a file aside that no record names.
 - a link, manifest or manifest reference made afterwards to a quarantined digest finds it in
   C{gc_quarantine} (every linking transaction looks first, L{trow.storage.sql.SqlMetadata._linking},
   with the restore function L{Metadata.gc_install_restore} installed): the file is renamed back
@@ -416,7 +419,7 @@ class Collector:
         try:
             for chunk in _chunks(ready, MOVES):
                 moved += await self.metadata.gc_quarantine(
-                    chunk, self.blobs.move_aside_sync, self.blobs.put_back_sync, now
+                    chunk, self.blobs.aside_name, self.blobs.move_to_sync, self.blobs.put_back_sync, now
                 )
                 self._check()
             if moved and self.settle > 0:

@@ -556,20 +556,28 @@ class BlobStore:
         """(size, mtime) of each stored blob of C{digests}; those not stored are left out."""
         return self.worker.run(self._stat_sync, list(digests))
 
-    def move_aside_sync(self, digest: str) -> str | None:
-        """Rename the blob file of C{digest} to a fresh name in C{tmp/}; return that name, or
-        None if it is not stored. Blocking but cheap (one rename): the collector runs it on the
-        db worker, inside the check that the digest has no link."""
+    def aside_name(self) -> str:
+        """A fresh name in this process's temp dir for a blob file garbage collection sets aside."""
+        return self.temp_path("gc")
+
+    def move_to_sync(self, digest: str, aside: str) -> bool:
+        """Rename the blob file of C{digest} to C{aside}; False if it is not stored. Blocking but
+        cheap (one rename): the collector runs it on the db worker, under the digest's lock."""
         try:
             source = self.path(Digest.parse(digest))
         except Exception:
-            return None
-        aside = self.temp_path("gc")
+            return False
         try:
             os.rename(source, aside)
         except FileNotFoundError:
-            return None
-        return aside
+            return False
+        return True
+
+    def move_aside_sync(self, digest: str) -> str | None:
+        """Rename the blob file of C{digest} to a fresh name in C{tmp/}; return that name, or
+        None if it is not stored. Blocking."""
+        aside = self.aside_name()
+        return aside if self.move_to_sync(digest, aside) else None
 
     def put_back_sync(self, digest: str, aside: str) -> None:
         """Move a file moved aside back into place, durably, unless the blob was stored again

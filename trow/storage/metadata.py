@@ -128,7 +128,8 @@ class Metadata(Protocol):
     def gc_quarantine(
         self,
         digests: Iterable[str],
-        move_aside: Callable[[str], str | None],
+        aside_name: Callable[[], str],
+        move_to: Callable[[str, str], bool],
         put_back: Callable[[str, str], None],
         now: float,
     ) -> "Deferred[list[tuple[str, str]]]": ...

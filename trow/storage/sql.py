@@ -15,7 +15,7 @@ import json
 import time
 from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence, TypeVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 
 from trow.storage.metadata import CACHE_HIGH, CACHE_LOW, CACHE_PREFIX, ManifestRecord, Scan, UploadRecord
 from trow.workers import Worker
@@ -793,43 +793,69 @@ class SqlMetadata:
     def gc_quarantine(
         self,
         digests: Iterable[str],
-        move_aside: Callable[[str], str | None],
+        aside_name: Callable[[], str],
+        move_to: Callable[[str, str], bool],
         put_back: Callable[[str, str], None],
         now: float,
     ) -> "Deferred[list[tuple[str, str]]]":
-        """Doom the blobs of C{digests} that still have no row: move each file aside with
-        C{move_aside(digest)} (which returns where it went, or None if there was no file) and
-        record it in C{gc_quarantine}. Returns (digest, path aside).
+        """Doom the blobs of C{digests} that still have no row: record each in C{gc_quarantine}
+        with the name it will have aside (C{aside_name()}), commit, then move the files there
+        (C{move_to(digest, path)}, False if there was no file). Returns (digest, path aside) of
+        the files moved.
 
-        All of it is one transaction that holds each digest's link lock (L{_lock}): no link can
-        be made between the check and the move. A link made later finds the digest quarantined
-        and puts the file back before it commits (L{_linking}).
+        The record commits before the file moves, so a process killed at any point leaves no
+        file aside without its record: the link that needs it, or the next pass, finds it. Both
+        steps hold each digest's link lock (L{_lock}) and look again: no link can come between a
+        check and a move, and a link made between the two steps ended the quarantine (L{_linking}
+        removes the record), so that file is not moved at all.
         """
         wanted = sorted(set(digests))
-        moved: list[tuple[str, str]] = []
 
-        def doom(c: Connection) -> list[tuple[str, str]]:
-            moved.clear()
+        def plan(c: Connection) -> list[tuple[str, str]]:
             self._lock(c, wanted)
+            planned: list[tuple[str, str]] = []
             for digest in wanted:
                 c.execute("DELETE FROM gc_candidates WHERE digest = ?", (digest,))
                 if self._gc_has_rows(c, digest):
                     continue
                 if c.execute("SELECT 1 FROM gc_quarantine WHERE digest = ?", (digest,)).fetchone():
                     continue
-                aside = move_aside(digest)
-                if aside is None:
-                    continue
-                moved.append((digest, aside))
+                aside = aside_name()
+                planned.append((digest, aside))
                 c.execute("INSERT INTO gc_quarantine (digest, path, since) VALUES (?, ?, ?)", (digest, aside, now))
+            return planned
+
+        moved: list[tuple[str, str]] = []
+
+        def doom(c: Connection, planned: list[tuple[str, str]]) -> list[tuple[str, str]]:
+            moved.clear()
+            self._lock(c, [digest for digest, _ in planned])
+            for digest, aside in planned:
+                row = c.execute("SELECT path FROM gc_quarantine WHERE digest = ?", (digest,)).fetchone()
+                if row is None or row[0] != aside:
+                    continue  # a link ended the quarantine meanwhile: the file stays
+                if move_to(digest, aside):
+                    moved.append((digest, aside))
+                else:
+                    c.execute("DELETE FROM gc_quarantine WHERE digest = ?", (digest,))
             return list(moved)
 
         def undo() -> None:
-            # Nothing records these moves: undo them, or the files would be lost for good.
+            # The records stand (committed): put the files back, the next look ends them.
             for digest, aside in moved:
                 put_back(digest, aside)
 
-        return self._write(doom, undo)
+        def move(planned: list[tuple[str, str]]) -> "Deferred[list[tuple[str, str]]]":
+            if not planned:
+                return succeed([])
+
+            def doom_planned(c: Connection) -> list[tuple[str, str]]:
+                return doom(c, planned)
+
+            doom_planned.__name__ = "doom"
+            return self._write(doom_planned, undo)
+
+        return self._write(plan).addCallback(move)
 
     def gc_quarantined(self, before: float) -> "Deferred[list[tuple[str, str]]]":
         """Blob files moved aside before C{before} and not dealt with yet (a pass that did not finish)."""

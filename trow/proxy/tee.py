@@ -109,6 +109,7 @@ class Download:
         self._followed = False
         self._confirmed = False
         self._from_peer = False
+        self._unreported = 0
         self._stop_renewing: Callable[[], None] | None = None
         # The last bytes received, for readers that keep up (see TeeReader._from_memory): about
         # the writer's own queue again, so memory stays flat.
@@ -176,6 +177,7 @@ class Download:
         """The next response to read the blob from, from C{offset}: the upstream's when this
         replica leads the download (or there are no replicas), else the leader replica's."""
         digest = str(self.digest)
+        self._report_bytes()  # counted against the source they came from
         if self.leading:
             return await self._upstream.get_blob(self.name, digest, offset=offset)
         assert self._coordinator is not None
@@ -388,6 +390,13 @@ class Download:
         return None
 
     def _received(self, nbytes: int) -> None:
+        # Counted in batches: a metric update per 16 KiB TLS record costs the reactor.
+        self._unreported += nbytes
+        if self._unreported >= 1 << 20:
+            self._report_bytes()
+
+    def _report_bytes(self) -> None:
+        nbytes, self._unreported = self._unreported, 0
         if self._from_peer:
             self.metrics.peer_bytes("read", nbytes)
         else:
@@ -421,6 +430,7 @@ class Download:
         self._finish()
 
     def _finish(self) -> None:
+        self._report_bytes()
         self._window.clear()
         _HELD[0] -= self._window_bytes
         self._window_bytes = 0
@@ -493,6 +503,7 @@ class _BodyReceiver(Protocol):
         self.done: Deferred[None] = Deferred()
         self.reason: Failure = Failure(ResponseDone())
         self._idle: IDelayedCall | None = None
+        self._last = 0.0
         self._paused = False
 
     def connectionMade(self) -> None:
@@ -519,19 +530,24 @@ class _BodyReceiver(Protocol):
         self._idle = None
 
     def _arm(self) -> None:
-        if self._paused:
+        # One timer, looking at when bytes last came when it fires: not a timer reset per chunk
+        # (TLS delivers a body 16 KiB at a time, and the reactor is its bound).
+        self._last = self._clock.seconds()
+        if self._paused or (self._idle is not None and self._idle.active()):
             return
-        if self._idle is not None and self._idle.active():
-            self._idle.reset(self._idle_timeout)
-        else:
-            self._idle = self._clock.callLater(self._idle_timeout, self._timed_out)
+        self._idle = self._clock.callLater(self._idle_timeout, self._timed_out)
 
     def _timed_out(self) -> None:
+        self._idle = None
+        quiet = self._clock.seconds() - self._last
+        if quiet < self._idle_timeout:
+            self._idle = self._clock.callLater(self._idle_timeout - quiet, self._timed_out)
+            return
         _log.warn("upstream sent nothing for {seconds}s; dropping the connection", seconds=self._idle_timeout)
         self.transport.stopProducing()  # type: ignore[union-attr]
 
     def dataReceived(self, data: bytes) -> None:
-        self._arm()
+        self._last = self._clock.seconds()
         if self.skip:
             cut = min(self.skip, len(data))
             self.skip -= cut

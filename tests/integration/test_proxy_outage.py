@@ -12,41 +12,29 @@ from __future__ import annotations
 import signal
 import time
 from pathlib import Path
-from typing import Callable, Iterator
-
-import pytest
+from typing import Callable
 
 from tests.integration.conftest import MIB, TrowProcess, get_and_hash
-from tests.integration.upstream import (
+from tests.integration.upstream import (  # noqa: F401 - fixtures
     ALIAS,
     BodyStream,
     Distribution,
     assert_clean_log,
     cached_blob_path,
     make_big_blob,
+    private_upstream,
     proxy_entry,
     start_proxy_trow,
     wait_until,
 )
 
 
-@pytest.fixture
-def restarting_upstream(tmp_path: Path) -> Iterator[Distribution]:
-    """A registry of this test's own, holding a 200 MiB blob in big/one."""
-    registry = Distribution(tmp_path / "upstream")
-    registry.start()
-    try:
-        yield registry
-    finally:
-        registry.stop()
-
-
 def test_download_resumes_after_the_upstream_restarts(
-    trow_factory: Callable[..., TrowProcess], tmp_path: Path, restarting_upstream: Distribution
+    trow_factory: Callable[..., TrowProcess], tmp_path: Path, private_upstream: Distribution
 ) -> None:
     """The upstream dies mid-blob and refuses connections for about a second: the client's body is
     whole and right, the upstream saw a Range request for the rest, and the blob is cached."""
-    registry = restarting_upstream
+    registry = private_upstream
     blob = make_big_blob(registry, 200 * MIB, 7, ["big/one"])
     trow = start_proxy_trow(trow_factory, tmp_path, [proxy_entry(registry.host)])
     mark = registry.mark()

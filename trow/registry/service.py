@@ -311,8 +311,8 @@ class Registry:
             if self._links.has(repo, digest):
                 return True
             raise
-        if linked:
-            self._links.add(repo, digest)
+        if linked and self.shared:
+            self._links.add(repo, digest)  # only a shared database goes away under a replica
         return linked
 
     async def link_blob(self, repo: str, digest: str) -> None:
@@ -395,7 +395,7 @@ class Registry:
         """The session's offset, from the metadata: the one view every replica shares."""
         check_name(repo)
         record = await self.metadata.get_upload(upload_id)
-        on_disk = self.uploads.size(upload_id)
+        on_disk = await self.uploads.stat_size(upload_id)
         if record is None or record.repo != repo or on_disk is None:
             raise RegistryError(
                 "BLOB_UPLOAD_UNKNOWN", f"upload {upload_id} is not in progress for repository {repo}", {"uuid": upload_id}

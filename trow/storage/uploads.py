@@ -47,6 +47,10 @@ class UploadFiles:
         self._hashers[upload_id] = (0, hashlib.sha256())
         return self._worker.run(lambda: open(self.path(upload_id), "wb").close())
 
+    def stat_size(self, upload_id: str) -> "Deferred[int | None]":
+        """L{size} on the worker: a stat on a network volume can stall."""
+        return self._worker.run(self.size, upload_id)
+
     def size(self, upload_id: str) -> int | None:
         """The session's offset: how many bytes it holds, or None if it has no file."""
         try:

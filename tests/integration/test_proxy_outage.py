@@ -12,31 +12,50 @@ from __future__ import annotations
 import signal
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator
+
+import pytest
 
 from tests.integration.conftest import MIB, TrowProcess, get_and_hash
 from tests.integration.upstream import (  # noqa: F401 - fixtures
     ALIAS,
     BodyStream,
     Distribution,
+    TlsFiles,
     assert_clean_log,
     cached_blob_path,
     make_big_blob,
-    private_upstream,
     proxy_entry,
     start_proxy_trow,
     wait_until,
 )
+from tests.integration.test_tls import make_pki
+
+
+@pytest.fixture(params=["http", "https"])
+def restartable_upstream(request: Any, tmp_path: Path) -> Iterator[tuple[Distribution, dict[str, Any]]]:
+    """A registry of this test's own, plain or HTTPS (with its CA in trow's entry), and that entry."""
+    tls: TlsFiles | None = None
+    if request.param == "https":
+        key, cert, cert_dir = make_pki(tmp_path / "pki")
+        tls = TlsFiles(cert=cert, key=key, ca=cert_dir / "ca.crt")
+    registry = Distribution(tmp_path / "restartable-upstream", tls=tls)
+    entry = proxy_entry(registry.host) if tls is None else {"host": registry.host, "alias": ALIAS, "ca_file": str(tls.ca)}
+    registry.start()
+    try:
+        yield registry, entry
+    finally:
+        registry.stop()
 
 
 def test_download_resumes_after_the_upstream_restarts(
-    trow_factory: Callable[..., TrowProcess], tmp_path: Path, private_upstream: Distribution
+    trow_factory: Callable[..., TrowProcess], tmp_path: Path, restartable_upstream: tuple[Distribution, dict[str, Any]]
 ) -> None:
     """The upstream dies mid-blob and refuses connections for about a second: the client's body is
     whole and right, the upstream saw a Range request for the rest, and the blob is cached."""
-    registry = private_upstream
+    registry, entry = restartable_upstream
     blob = make_big_blob(registry, 200 * MIB, 7, ["big/one"])
-    trow = start_proxy_trow(trow_factory, tmp_path, [proxy_entry(registry.host)])
+    trow = start_proxy_trow(trow_factory, tmp_path, [entry])
     mark = registry.mark()
     assert registry.process is not None
     stream = BodyStream(trow.port or 0, f"/v2/f/{ALIAS}/big/one/blobs/{blob.digest}", timeout=120)

@@ -24,6 +24,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -60,6 +61,15 @@ _ACCESS_LINE = re.compile(rb'^\S+ \S+ \S+ \[[^\]]*\] "([A-Z]+) (\S+) HTTP/[0-9.]
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """A serving certificate and key for 127.0.0.1, and the CA that signed it (PEM files)."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+
+@dataclass(frozen=True)
 class Logged:
     """One line of the upstream's access log."""
 
@@ -78,14 +88,19 @@ class Distribution:
     L{mark} stays valid across restarts.
     """
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, storage: Path | None = None, tls: TlsFiles | None = None) -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port if port is not None else free_port()
-        self.storage = workdir / "storage"
+        # Another registry's storage: this one serves the same content (over HTTPS, say).
+        self.storage = storage or workdir / "storage"
         self.config_path = workdir / "config.yml"
         self.log_path = workdir / "registry.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self.tls = tls
+        tls_lines = (
+            ["  tls:", f"    certificate: {tls.cert}", f"    key: {tls.key}"] if tls is not None else []
+        )
         self.config_path.write_text(
             "\n".join(
                 [
@@ -105,10 +120,18 @@ class Distribution:
                     "http:",
                     f"  addr: {LOOPBACK}:{self.port}",
                     "  secret: trow-integration-tests",
+                    *tls_lines,
                     "",
                 ]
             )
         )
+
+    def connect(self, timeout: float) -> http.client.HTTPConnection:
+        """A connection to this registry (HTTPS verified against its CA, when it has one)."""
+        if self.tls is not None:
+            context = ssl.create_default_context(cafile=str(self.tls.ca))
+            return http.client.HTTPSConnection(LOOPBACK, self.port, timeout=timeout, context=context)
+        return http.client.HTTPConnection(LOOPBACK, self.port, timeout=timeout)
 
     @property
     def host(self) -> str:
@@ -140,7 +163,7 @@ class Distribution:
             if self.process.poll() is not None:
                 pytest.fail(f"docker-registry exited with {self.process.returncode}; log:\n{self.log()}")
             try:
-                connection = http.client.HTTPConnection(LOOPBACK, self.port, timeout=2)
+                connection = self.connect(timeout=2)
                 try:
                     connection.request("GET", "/v2/")
                     if connection.getresponse().status == 200:
@@ -216,7 +239,7 @@ class Distribution:
 
     def push_blob(self, repo: str, chunks: Iterable[bytes], size: int, digest: str) -> None:
         """Upload a blob streamed from C{chunks} (POST, then one PUT with the whole body)."""
-        connection = http.client.HTTPConnection(LOOPBACK, self.port, timeout=120)
+        connection = self.connect(timeout=120)
         try:
             connection.request("POST", f"/v2/{repo}/blobs/uploads/", headers={"Content-Length": "0"})
             response = connection.getresponse()
@@ -238,7 +261,7 @@ class Distribution:
 
     def mount_blob(self, repo: str, digest: str, from_repo: str) -> None:
         """Make a blob of C{from_repo} part of C{repo} too (cross-repository mount)."""
-        connection = http.client.HTTPConnection(LOOPBACK, self.port, timeout=30)
+        connection = self.connect(timeout=30)
         try:
             connection.request(
                 "POST", f"/v2/{repo}/blobs/uploads/?mount={digest}&from={from_repo}", headers={"Content-Length": "0"}

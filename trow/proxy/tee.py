@@ -44,6 +44,8 @@ RESUME_ATTEMPTS = 3
 WINDOW = 16 << 20
 # The smallest piece that window holds: smaller ones (TLS records) are read from the file.
 PIECE = 64 << 10
+# File reads of a reader that fell behind that window.
+BEHIND_CHUNK = 256 << 10
 # What all the downloads of this process may hold at once, and what they hold.
 WINDOW_BUDGET = 64 << 20
 _HELD = [0]
@@ -581,6 +583,9 @@ class TeeReader(FileRangeProducer):
                 return open(final_path, "rb")
 
         super().__init__(None, offset, length, worker=worker, open_file=open_file)
+        # A reader that fell behind the memory window reads the file in smaller pieces than a
+        # stored blob's reader: many clients of one download each hold a piece or two.
+        self._chunk = min(self._chunk, BEHIND_CHUNK)
         self._download = download
         self._waiting = False
 

@@ -39,6 +39,7 @@ from zope.interface import implementer
 
 from trow.metrics import Metrics
 from trow.proxy.names import ProxiedName, Upstream, is_private_address
+from trow.proxy.streams import ThreadedHTTP
 from trow.registry.manifests import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 
 _log = Logger()
@@ -205,6 +206,7 @@ class UpstreamClient:
         down_for: float = 30.0,
         http_for: Callable[[Upstream], Any] | None = None,
         metrics: Metrics | None = None,
+        streams_for: Callable[[Upstream], Any] | None = None,
     ) -> None:
         self._reactor = reactor
         self.metrics = metrics or Metrics()
@@ -216,13 +218,23 @@ class UpstreamClient:
         self._pool.maxPersistentPerHost = 8
         self._clients: dict[str, Any] = {}
         self._http_for = http_for or self._default_http
+        # Blob bodies: read on a thread per download (trow.proxy.streams), unless the caller
+        # gives its own client for everything (tests in memory).
+        self._streams_for = streams_for or (self._http_for if http_for is not None else self._default_streams)
+        self._stream_clients: dict[str, Any] = {}
         self._tokens: dict[tuple[str, str, str], tuple[str, float]] = {}
         self._token_waiters: dict[tuple[str, str, str], list[Deferred[str]]] = {}
         self._down_until: dict[str, float] = {}
 
     def close(self) -> Any:
         """Close pooled connections (service stop, test teardown)."""
+        for client in self._stream_clients.values():
+            if isinstance(client, ThreadedHTTP):
+                client.close()
         return self._pool.closeCachedConnections()
+
+    def _default_streams(self, upstream: Upstream) -> ThreadedHTTP:
+        return ThreadedHTTP(self._reactor, upstream, self._connect_timeout)
 
     def _default_http(self, upstream: Upstream) -> HTTPClient:
         policy: IPolicyForHTTPS = (
@@ -231,10 +243,11 @@ class UpstreamClient:
         endpoints = _LargeReadEndpoints(self._reactor, policy, self._connect_timeout)
         return HTTPClient(Agent.usingEndpointFactory(self._reactor, endpoints, pool=self._pool))
 
-    def _http(self, upstream: Upstream) -> Any:
-        client = self._clients.get(upstream.host)
+    def _http(self, upstream: Upstream, stream: bool = False) -> Any:
+        clients, make = (self._stream_clients, self._streams_for) if stream else (self._clients, self._http_for)
+        client = clients.get(upstream.host)
         if client is None:
-            client = self._clients[upstream.host] = self._http_for(upstream)
+            client = clients[upstream.host] = make(upstream)
         return client
 
     # -- the breaker ------------------------------------------------------------------------
@@ -257,7 +270,13 @@ class UpstreamClient:
     # -- requests ---------------------------------------------------------------------------
 
     async def _send(
-        self, upstream: Upstream, method: str, url: str, headers: Mapping[str, str], despite_breaker: bool = False
+        self,
+        upstream: Upstream,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        despite_breaker: bool = False,
+        stream: bool = False,
     ) -> IResponse:
         if self.is_down(upstream) and not despite_breaker:
             raise UpstreamUnavailable(f"upstream {upstream.host} is unreachable (retrying in a few seconds)")
@@ -265,7 +284,7 @@ class UpstreamClient:
             # Hosts proxied only through any_registry must not lead trow into private networks.
             await self._refuse_private(upstream, urlsplit(url).hostname or "")
         try:
-            response: IResponse = await self._http(upstream).request(
+            response: IResponse = await self._http(upstream, stream).request(
                 method,
                 url,
                 headers={k: [v] for k, v in headers.items()},
@@ -308,12 +327,14 @@ class UpstreamClient:
         headers: Mapping[str, str] | None = None,
         scope_action: str = "pull",
         despite_breaker: bool = False,
+        stream: bool = False,
     ) -> IResponse:
         """Send a request for C{/v2/<repo>/<path>} with auth and redirects handled.
 
         Returns the final response whatever its status; raises L{UpstreamUnavailable} when the
         upstream cannot be reached. C{despite_breaker}: try even while the upstream is marked
         down (a download in progress resuming: the breaker is there for new requests).
+        C{stream}: a large body follows (a blob), read on a thread of its own.
         """
         upstream = name.upstream
         url = f"{upstream.base_url}/v2/{name.repo}/{path}"
@@ -324,14 +345,14 @@ class UpstreamClient:
         cached = self._tokens.get(token_key)
         if cached and cached[1] > self._clock.seconds():
             sent["Authorization"] = f"Bearer {cached[0]}"
-        response = await self._send(upstream, method, url, sent, despite_breaker)
+        response = await self._send(upstream, method, url, sent, despite_breaker, stream)
         if response.code == 401:
             challenge = (response.headers.getRawHeaders("www-authenticate") or [""])[0]
             authorization = await self._authorize(upstream, challenge, scope, credentials, token_key)
             if authorization is not None:
                 _discard(response)
                 sent["Authorization"] = authorization
-                response = await self._send(upstream, method, url, sent, despite_breaker)
+                response = await self._send(upstream, method, url, sent, despite_breaker, stream)
         for _ in range(5):
             if response.code not in (301, 302, 303, 307, 308):
                 break
@@ -347,7 +368,7 @@ class UpstreamClient:
             if response.code == 303 and method != "HEAD":
                 method = "GET"
             url = target
-            response = await self._send(upstream, method, url, sent, despite_breaker)
+            response = await self._send(upstream, method, url, sent, despite_breaker, stream)
         return response
 
     async def _authorize(
@@ -488,7 +509,7 @@ class UpstreamClient:
         """Start a blob download (from C{offset}, with C{Range}); the body is not read yet.
         C{resuming}: the download was under way, so the breaker does not stop this request."""
         headers = {"Range": f"bytes={offset}-"} if offset else {}
-        response = await self.request(name, "GET", f"blobs/{digest}", headers, despite_breaker=resuming)
+        response = await self.request(name, "GET", f"blobs/{digest}", headers, despite_breaker=resuming, stream=True)
         if response.code not in (200, 206):
             _discard(response)
             _raise_for_status(response, name, digest)
@@ -542,6 +563,8 @@ class _LimitedBody(Protocol):
 
 class _Discard(Protocol):
     """Drops a body (so the connection is closed or reused)."""
+
+    discards = True  # a threaded body (trow.proxy.streams) then keeps only a small one's connection
 
     def dataReceived(self, data: bytes) -> None:
         pass

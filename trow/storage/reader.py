@@ -135,7 +135,8 @@ class FileRangeProducer:
                 limit = self._limit()
                 if self._busy or self._read_to >= limit:
                     return  # a read is running, or whoever grows the file calls _produce again
-                held = self._from_memory(self._read_to, min(self._chunk, limit - self._read_to))
+                # Bytes held in memory come as they are held, in pieces of their own size.
+                held = self._from_memory(self._read_to, limit - self._read_to)
                 if held is not None:
                     self._took(held)
                     continue

@@ -17,6 +17,7 @@ from trow.api.auth import AuthAPI
 from trow.api.metrics import metrics_site
 from trow.api.registry import RegistryAPI
 from trow.api.site import TrowSite, UploadSlots, ensure_fd_headroom
+from trow.api.status import StatusAPI
 from trow.api.webhook import WebhookAPI
 from trow.auth.service import Authenticator
 from trow.auth.tokens import load_or_create_key
@@ -37,6 +38,7 @@ from trow.storage.lock import lock_data_dir, mark_shared, shared_mark
 from trow.storage.metadata import Metadata, MetadataUnavailable
 from trow.storage.postgres import PostgresMetadata
 from trow.storage.sqlite import SqliteMetadata
+from trow.status import ProcessInfo, StatusBoard, config_summary
 from trow.storage.uploads import UploadFiles
 from trow.webhook.rules import Mutator, Validator
 from trow.webhook.tls import reloading_ssl_endpoint
@@ -154,7 +156,7 @@ def add_gc(
     tracker: AccessTracker,
     metrics: Metrics,
     replicas: "ReplicaSet | None" = None,
-) -> None:
+) -> GarbageCollector:
     """The garbage collector (the gc: section and max_size), fed the read times of C{tracker}."""
 
     def in_use(digest: str) -> bool:
@@ -183,14 +185,16 @@ def add_gc(
     collector = Collector.from_config(
         settings.config, stores.blobs, stores.uploads, stores.metadata, reactor, in_use=in_use
     )
-    GarbageCollector(
+    gc = GarbageCollector(
         collector,
         reactor,
         settings.config.gc.interval,
         tracker=tracker,
         on_pass=observe,
         on_failure=lambda seconds: metrics.gc_pass(duration=seconds, failed=True),
-    ).setServiceParent(root)
+    )
+    gc.setServiceParent(root)
+    return gc
 
 
 class _UpstreamPool(Service):
@@ -301,7 +305,7 @@ def build_service(settings: Any, reactor: Any) -> MultiService:
         replicas.setServiceParent(root)
     # Stopped after the listeners and downloads, before the workers they run on.
     tracker.setServiceParent(root)
-    add_gc(root, settings, reactor, stores, registry, proxy.fetcher, tracker, metrics, replicas)
+    gc = add_gc(root, settings, reactor, stores, registry, proxy.fetcher, tracker, metrics, replicas)
     _UpstreamPool(proxy).setServiceParent(root)
     limits = settings.config.limits
     # bcrypt on a pool of its own: a flood of logins must not queue ahead of fsyncs and hashing.
@@ -319,7 +323,14 @@ def build_service(settings: Any, reactor: Any) -> MultiService:
     )
     authenticator.canonical = proxy.canonical_repository
     auth = AuthAPI(authenticator, settings.hostname)
-    resource = RegistryAPI(registry, proxy, auth, peer_key=peer_key).resource()
+    process = ProcessInfo(
+        started=reactor.seconds(),
+        config=config_summary(settings),
+        replica=replica_id,
+        max_size=settings.config.registry_proxies.max_size,
+    )
+    status = StatusAPI(StatusBoard(registry, proxy, metrics, reactor, process, gc), auth)
+    resource = RegistryAPI(registry, proxy, auth, peer_key=peer_key, status=status, access=tracker).resource()
     uploads = UploadSlots(limits.max_concurrent_uploads, metrics)
     # One site per listener, so that max_connections counts per listener; the upload slots are
     # shared, as the disk is.

@@ -193,6 +193,11 @@ class Metrics:
             ["kind", "result"],
             registry=r,
         )
+        self._cache_served_bytes = Counter(
+            "trow_cache_served_bytes_total",
+            "Blob bytes sent to clients from cache repositories (hits and downloads in flight alike).",
+            registry=r,
+        )
         self.cache_size = Gauge(
             "trow_cache_size_bytes", "Bytes of proxied content held in the cache, as last measured.", registry=r
         )
@@ -336,6 +341,10 @@ class Metrics:
         """
         self._cache_requests.labels(_pick(kind, CACHE_KINDS), "hit" if hit else "miss").inc()
 
+    def cache_served(self, nbytes: int) -> None:
+        """C{nbytes} of a proxied blob reached a client."""
+        self._cache_served_bytes.inc(nbytes)
+
     def set_cache_size(self, nbytes: int) -> None:
         """Bytes of proxied content in the cache, as GC last measured them."""
         self.cache_size.set(nbytes)
@@ -441,6 +450,17 @@ class Metrics:
         self.reactor_tick_lag.observe(max(0.0, lag))
 
     # -- reading (tests, debugging) -------------------------------------------------------------
+
+    def total(self, name: str, **labels: str) -> float:
+        """The sum of every sample C{name} whose labels include C{labels} (e.g. a counter over
+        all its routes)."""
+        found = 0.0
+        for family in self.registry.collect():
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    if not math.isnan(sample.value):
+                        found += sample.value
+        return found
 
     def value(self, name: str, **labels: str) -> float:
         """The current value of sample C{name} with exactly C{labels}, 0.0 if it has none yet."""

@@ -186,12 +186,14 @@ def test_touch_does_no_io(world: World) -> None:
     assert d.called and tracker.flushed == 1000
 
 
-def test_only_cache_repositories_are_tracked(world: World) -> None:
+def test_pushed_and_cache_repositories_are_both_tracked(world: World) -> None:
+    """The status page shows when any repository was last pulled; GC reads only the cache's."""
     tracker = AccessTracker(world.metadata, world.clock)
     tracker.touch("team/app", "sha256:" + "b" * 64)
-    assert tracker.pending == 0
     tracker.touch(CACHE, "sha256:" + "b" * 64)
-    assert tracker.pending == 1
+    assert tracker.pending == 2
+    result_of(tracker.flush())
+    assert result_of(world.metadata.gc_access_times("team/app")) == {"sha256:" + "b" * 64: world.clock.seconds()}
 
 
 def test_flushes_run_on_a_timer_and_at_stop(world: World) -> None:

@@ -19,6 +19,8 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from trow.api import health
+from trow.api.status import StatusAPI, wants_html
+from trow.registry.access import AccessTracker
 from trow.api.auth import AuthAPI, required_actions
 from trow.api.http import (
     API_VERSION_HEADER,
@@ -134,12 +136,17 @@ class RegistryAPI:
         proxy: ProxyRegistry | None = None,
         auth: AuthAPI | None = None,
         peer_key: bytes | None = None,
+        status: StatusAPI | None = None,
+        access: AccessTracker | None = None,
     ) -> None:
         self.registry = registry
         self.proxy = proxy
         self.auth = auth or AuthAPI(Authenticator.disabled())
         # With --database: the key that signs requests between replicas (the peer path).
         self.peer_key = peer_key
+        # The status page (GET / from a browser, /status.json), and when repositories were pulled.
+        self.status = status
+        self.access = access
 
     def resource(self) -> Any:
         """The twisted.web resource to serve."""
@@ -258,7 +265,36 @@ class RegistryAPI:
 
     @app.route("/", branch=True)
     def not_found(self, request: IRequest) -> Any:
+        if (
+            self.status is not None
+            and request.path == b"/"
+            and request.method in (b"GET", b"HEAD")
+            and wants_html(request)
+        ):
+            request.trow_route = "status"  # type: ignore[attr-defined]
+            return self.status.page(request)
         return self._handle(request, self._unknown_path, route="unknown")
+
+    @app.route("/status.json", methods=["GET", "HEAD"])
+    def status_json(self, request: IRequest) -> Any:
+        if self.status is None:
+            return self._handle(request, self._unknown_path, route="unknown")
+        request.trow_route = "status"  # type: ignore[attr-defined]
+        return self.status.json(request)
+
+    @app.route("/status.js", methods=["GET", "HEAD"])
+    def status_script(self, request: IRequest) -> Any:
+        if self.status is None:
+            return self._handle(request, self._unknown_path, route="unknown")
+        request.trow_route = "status"  # type: ignore[attr-defined]
+        return self.status.script(request)
+
+    @app.route("/status-login", methods=["GET", "HEAD"])
+    def status_login(self, request: IRequest) -> Any:
+        if self.status is None:
+            return self._handle(request, self._unknown_path, route="unknown")
+        request.trow_route = "status"  # type: ignore[attr-defined]
+        return self.status.login(request)
 
     @app.route("/healthz", methods=["GET", "HEAD"])
     def healthz(self, request: IRequest) -> Any:
@@ -274,6 +310,9 @@ class RegistryAPI:
 
     async def _manifest_get(self, request: IRequest, registry: Repositories, name: str, reference: str, identity: Identity) -> Any:
         manifest = await registry.get_manifest(name, reference, headers_all(request, "Accept"))
+        if self.access is not None and registry is self.registry:
+            # A pull of a pushed repository (the cache notes its own reads).
+            self.access.touch(name, manifest.record.digest)
         return send_bytes(
             request,
             200,
@@ -310,7 +349,10 @@ class RegistryAPI:
             return await self._send_blob(request, registry, name, digest)
 
     async def _send_blob(self, request: IRequest, registry: Repositories, name: str, digest: str) -> Any:
-        return await self._send_source(request, await registry.blob_source(name, digest))
+        source = await registry.blob_source(name, digest)
+        if self.proxy is not None and registry is self.proxy:
+            return await self._send_source(request, source, self.proxy.metrics.cache_served)
+        return await self._send_source(request, source)
 
     async def _send_source(
         self, request: IRequest, source: BlobSource, on_sent: Callable[[int], object] | None = None

@@ -118,6 +118,7 @@ class Download:
         self._window: deque[tuple[int, bytes]] = deque()
         self._window_bytes = 0
         self.received_end = 0
+        self.started_at: float | None = None
 
     # -- observing ---------------------------------------------------------------------------
 
@@ -154,8 +155,19 @@ class Download:
     def start(self) -> "Deferred[None]":
         """Run the download to its end, whoever is still listening; fires when it has ended."""
         self.metrics.download_started()
+        self.started_at = self._clock.seconds()
         self.ended = ensureDeferred(self._run()).addErrback(self._fail)
         return self.ended
+
+    @property
+    def done(self) -> int:
+        """Bytes of the blob this replica has received so far."""
+        return max(self.available, self.received_end)
+
+    @property
+    def clients(self) -> int:
+        """Clients streaming this download now."""
+        return len(self._listeners)
 
     def abort(self, why: str) -> None:
         """Give the download up (trow is stopping): the readers are cut, nothing is cached."""

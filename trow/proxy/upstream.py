@@ -73,6 +73,19 @@ class UpstreamStatus(Exception):
 
 
 @attrs.frozen
+class UpstreamHealth:
+    """An upstream as the breaker sees it (the status page): down (and since when, and when the
+    next request may try again), and the last error seen, whenever it was."""
+
+    host: str
+    down: bool
+    down_since: float | None
+    retry_at: float | None
+    last_error: str | None
+    last_error_at: float | None
+
+
+@attrs.frozen
 class ManifestHead:
     """What a manifest HEAD tells: its digest and media type."""
 
@@ -225,6 +238,9 @@ class UpstreamClient:
         self._tokens: dict[tuple[str, str, str], tuple[str, float]] = {}
         self._token_waiters: dict[tuple[str, str, str], list[Deferred[str]]] = {}
         self._down_until: dict[str, float] = {}
+        # For the status page: since when each upstream is unreachable, and its last error.
+        self._down_since: dict[str, float] = {}
+        self._last_error: dict[str, tuple[str, float]] = {}
 
     def close(self) -> Any:
         """Close pooled connections (service stop, test teardown)."""
@@ -257,8 +273,27 @@ class UpstreamClient:
         until = self._down_until.get(upstream.host)
         return until is not None and self._clock.seconds() < until
 
+    def health(self, upstream: Upstream) -> UpstreamHealth:
+        """What the breaker knows of C{upstream} now."""
+        host = upstream.host
+        error = self._last_error.get(host)
+        down = self.is_down(upstream)
+        return UpstreamHealth(
+            host=host,
+            down=down,
+            down_since=self._down_since.get(host) if down else None,
+            retry_at=self._down_until.get(host) if down else None,
+            last_error=error[0] if error else None,
+            last_error_at=error[1] if error else None,
+        )
+
+    def _note_error(self, upstream: Upstream, message: str) -> None:
+        self._last_error[upstream.host] = (message[:500], self._clock.seconds())
+
     def _mark_down(self, upstream: Upstream, why: str) -> None:
+        self._note_error(upstream, f"unreachable: {why}")
         if not self.is_down(upstream):
+            self._down_since[upstream.host] = self._clock.seconds()
             _log.warn(
                 "upstream {host} unreachable ({why}); serving from cache only for {seconds}s",
                 host=upstream.host,
@@ -301,10 +336,14 @@ class UpstreamClient:
             self._mark_down(upstream, f"{type(e).__name__}: {e}")
             raise UpstreamUnavailable(f"upstream {upstream.host} is unreachable: {e}") from None
         self._down_until.pop(upstream.host, None)
+        self._down_since.pop(upstream.host, None)
         self.metrics.upstream_request(upstream.host, response.code)
         if response.code >= 400 and response.code != 401:
             # A 401 is the start of the token dance, not a failure.
             self.metrics.upstream_error(upstream.host, "status")
+            if response.code != 404:  # a missing image is the client's news, not the upstream's
+                phrase = response.phrase.decode("latin-1", "replace") if isinstance(response.phrase, bytes) else str(response.phrase)
+                self._note_error(upstream, f"answered {response.code} {phrase} to {method} {urlsplit(url).path}")
         return response
 
     async def _refuse_private(self, upstream: Upstream, hostname: str) -> None:

@@ -22,7 +22,6 @@ from trow.storage.metadata import Metadata
 _log = Logger()
 
 # Cache repositories: the only content eviction looks at, so the only reads worth recording.
-CACHE_PREFIX = "f/"
 
 
 class AccessTracker(Service):
@@ -38,12 +37,12 @@ class AccessTracker(Service):
         self.flushed = 0
 
     def touch(self, repo: str, digest: str) -> None:
-        """Note that C{digest} was read from cache repository C{repo} now. Cheap: no I/O.
+        """Note that C{digest} was read from C{repo} now. Cheap: no I/O.
 
-        Reads of pushed repositories are ignored: pushed content is never evicted.
+        Garbage collection uses the read times of cache repositories only (pushed content is
+        never evicted); the status page shows when any repository was last pulled.
         """
-        if repo.startswith(CACHE_PREFIX):
-            self._pending[(repo, digest)] = self._clock.seconds()
+        self._pending[(repo, digest)] = self._clock.seconds()
 
     @property
     def pending(self) -> int:

@@ -516,12 +516,25 @@ class GarbageCollector(Service):
         self.failures = 0
         # Passes not run because another replica was running one.
         self.skipped = 0
+        # When the last result came (clock seconds).
+        self.last_at: float | None = None
 
     def startService(self) -> None:
         super().startService()
         self.collector.prepare().addErrback(lambda f: _log.failure("installing the gc restore hook failed", f))
         if self.interval > 0:
             self._schedule(self._first_delay)
+
+    @property
+    def next_at(self) -> float | None:
+        """When the next pass is planned (clock seconds), or None (none planned, or one runs)."""
+        call = self._call
+        return call.getTime() if call is not None and call.active() else None
+
+    @property
+    def running_pass(self) -> bool:
+        """Is a pass running now?"""
+        return self._current is not None
 
     def _schedule(self, delay: float) -> None:
         self._call = self._clock.callLater(delay, self._tick)
@@ -575,6 +588,7 @@ class GarbageCollector(Service):
                     _log.failure("the gc on_failure observer failed")
             return None
         self.results = self.results[-9:] + [result]
+        self.last_at = self._clock.seconds()
         _log.info(
             "gc pass removed {blobs} blobs ({bytes} bytes), {uploads} uploads, {manifests} evicted manifests "
             "in {seconds:.2f}s",

@@ -464,6 +464,15 @@ class BlobStore:
         it is there: the check runs on the worker too)."""
         return self.worker.run(self._put_bytes_sync, data, digest)
 
+    def disk_usage(self) -> "Deferred[tuple[int, int]]":
+        """(bytes used, bytes in all) of the file system that holds the data dir."""
+
+        def usage() -> tuple[int, int]:
+            found = shutil.disk_usage(self.root)
+            return found.used, found.total
+
+        return self.worker.run(usage)
+
     def read_bytes(self, digest: Digest) -> "Deferred[bytes | None]":
         """Read a small stored blob (a manifest) whole."""
 

@@ -9,7 +9,7 @@ same tests; every call runs on a worker thread, never on the reactor.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Iterable, Protocol, Sequence
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -61,6 +61,28 @@ class UploadRecord:
 Scan = tuple[str, str]
 
 
+@attrs.frozen
+class TagRecord:
+    """A tag, the manifest it names, and when it was last set."""
+
+    tag: str
+    digest: str
+    updated: float
+
+
+@attrs.frozen
+class RepositoryOverview:
+    """A repository at a glance (the status page): its most recently set tags, how many tags it
+    has (counted up to a cap), when content last arrived and when it was last read."""
+
+    name: str
+    tags: tuple[TagRecord, ...]
+    tag_count: int
+    tag_count_capped: bool
+    pushed: float | None
+    pulled: float | None
+
+
 class Metadata(Protocol):
     """Tags, manifests, repository links, upload sessions, and the bookkeeping of garbage
     collection. Every call returns a Deferred and runs off the reactor thread. Any call may fail
@@ -73,6 +95,11 @@ class Metadata(Protocol):
     def blobs_linked(self, repo: str, digests: Iterable[str]) -> "Deferred[set[str]]": ...
     def repo_exists(self, repo: str) -> "Deferred[bool]": ...
     def catalog(self, limit: int | None, last: str | None) -> "Deferred[list[str]]": ...
+    def repository_names(self, after: str, limit: int, cached: bool) -> "Deferred[list[str]]": ...
+    def repository_overview(
+        self, repos: Sequence[str], tags: int, count_cap: int
+    ) -> "Deferred[list[RepositoryOverview]]": ...
+    def recent_uploads(self, limit: int) -> "Deferred[list[UploadRecord]]": ...
 
     # Manifests and tags.
     def put_manifest(

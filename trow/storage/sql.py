@@ -17,7 +17,16 @@ from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence, TypeVa
 
 from twisted.internet.defer import Deferred, succeed
 
-from trow.storage.metadata import CACHE_HIGH, CACHE_LOW, CACHE_PREFIX, ManifestRecord, Scan, UploadRecord
+from trow.storage.metadata import (
+    CACHE_HIGH,
+    CACHE_LOW,
+    CACHE_PREFIX,
+    ManifestRecord,
+    RepositoryOverview,
+    Scan,
+    TagRecord,
+    UploadRecord,
+)
 from trow.workers import Worker
 
 T = TypeVar("T")
@@ -181,6 +190,83 @@ class SqlMetadata:
             return [r[0] for r in rows]
 
         return self._read(query)
+
+    def repository_names(self, after: str, limit: int, cached: bool) -> "Deferred[list[str]]":
+        """Up to C{limit} repository names after C{after}, in byte order: the cache repositories
+        (C{f/...}) when C{cached}, else the pushed ones."""
+
+        def query(c: Connection) -> list[str]:
+            if cached:
+                rows = c.execute(
+                    "SELECT repo FROM repositories WHERE repo > ? AND repo >= ? AND repo < ? ORDER BY repo LIMIT ?",
+                    (after, CACHE_LOW, CACHE_HIGH, limit),
+                )
+                return [r[0] for r in rows]
+            # Two ranges, each an index range: below the cache prefix, then above it.
+            below = c.execute(
+                "SELECT repo FROM repositories WHERE repo > ? AND repo < ? ORDER BY repo LIMIT ?",
+                (after, CACHE_LOW, limit),
+            ).fetchall()
+            names = [r[0] for r in below]
+            if len(names) < limit:
+                above = c.execute(
+                    "SELECT repo FROM repositories WHERE repo > ? AND repo >= ? ORDER BY repo LIMIT ?",
+                    (after, CACHE_HIGH, limit - len(names)),
+                )
+                names += [r[0] for r in above]
+            return names
+
+        return self._read(query)
+
+    def repository_overview(
+        self, repos: Sequence[str], tags: int, count_cap: int
+    ) -> "Deferred[list[RepositoryOverview]]":
+        """An overview of each of C{repos}: its C{tags} most recently set tags, its tag count up
+        to C{count_cap}, when content last arrived and when it was last read. A few index
+        lookups per repository, in one read."""
+        names = list(repos)
+
+        def query(c: Connection) -> list[RepositoryOverview]:
+            found: list[RepositoryOverview] = []
+            for repo in names:
+                recent = c.execute(
+                    "SELECT tag, digest, updated FROM tags WHERE repo = ? ORDER BY updated DESC, tag LIMIT ?",
+                    (repo, tags),
+                ).fetchall()
+                counted = c.execute(
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM tags WHERE repo = ? LIMIT ?) capped", (repo, count_cap + 1)
+                ).fetchone()[0]
+                pushed = c.execute(
+                    "SELECT MAX(t) FROM (SELECT MAX(updated) AS t FROM tags WHERE repo = ? "
+                    "UNION ALL SELECT MAX(created) FROM manifests WHERE repo = ? "
+                    "UNION ALL SELECT MAX(created) FROM repo_blobs WHERE repo = ?) times",
+                    (repo, repo, repo),
+                ).fetchone()[0]
+                pulled = c.execute("SELECT MAX(atime) FROM gc_access WHERE repo = ?", (repo,)).fetchone()[0]
+                found.append(
+                    RepositoryOverview(
+                        repo,
+                        tuple(TagRecord(str(t), str(d), float(u)) for t, d, u in recent),
+                        min(int(counted), count_cap),
+                        int(counted) > count_cap,
+                        None if pushed is None else float(pushed),
+                        None if pulled is None else float(pulled),
+                    )
+                )
+            return found
+
+        return self._read(query)
+
+    def recent_uploads(self, limit: int) -> "Deferred[list[UploadRecord]]":
+        """The C{limit} upload sessions written to most recently."""
+        return self._read(
+            lambda c: [
+                UploadRecord(str(u), str(r), float(created), int(size))
+                for u, r, created, size in c.execute(
+                    "SELECT uuid, repo, created, size FROM uploads ORDER BY updated DESC, uuid LIMIT ?", (limit,)
+                )
+            ]
+        )
 
     # -- manifests and tags -----------------------------------------------------------------------
 

@@ -1368,3 +1368,37 @@ def test_inline_worker_result_and_failure() -> None:
     with pytest.raises(ZeroDivisionError):
         result_of(worker.run(lambda: 1 / 0))
 
+
+
+def test_repository_names_split_pushed_and_cached(metadata: Metadata) -> None:
+    """The status page's pages: pushed names (both sides of the cache range), then cache names."""
+    for repo in ("zz/app", "a/app", "f/docker.io/library/alpine", "f/ghcr.io/x", "e/app", "g/app"):
+        result_of(metadata.link_blob(repo, M1))
+    assert result_of(metadata.repository_names("", 10, cached=False)) == ["a/app", "e/app", "g/app", "zz/app"]
+    assert result_of(metadata.repository_names("e/app", 2, cached=False)) == ["g/app", "zz/app"]
+    assert result_of(metadata.repository_names("", 1, cached=True)) == ["f/docker.io/library/alpine"]
+    assert result_of(metadata.repository_names("f/docker.io/library/alpine", 5, cached=True)) == ["f/ghcr.io/x"]
+
+
+def test_repository_overview(metadata: Metadata, clock: Clock) -> None:
+    """Recent tags first, a capped tag count, and when content last came and was last read."""
+    result_of(metadata.put_manifest(record("r", M1), [], tags=["old"]))
+    clock.now += 10
+    result_of(metadata.put_manifest(record("r", M2), [], tags=["new", "newer"]))
+    pushed = clock()
+    result_of(metadata.link_blob("quiet", M3))
+    result_of(metadata.gc_record_access([("r", M1, pushed + 5)]))
+    [r, quiet] = result_of(metadata.repository_overview(["r", "quiet"], 2, 2))
+    assert [t.tag for t in r.tags] == ["new", "newer"] and r.tags[0].digest == M2
+    assert (r.tag_count, r.tag_count_capped) == (2, True)
+    assert (r.pushed, r.pulled) == (pushed, pushed + 5)
+    assert (quiet.tags, quiet.tag_count, quiet.tag_count_capped, quiet.pulled) == ((), 0, False, None)
+    assert quiet.pushed is not None
+
+
+def test_recent_uploads(metadata: Metadata, clock: Clock) -> None:
+    result_of(metadata.create_upload("u1", "r"))
+    clock.now += 1
+    result_of(metadata.create_upload("u2", "s"))
+    assert [(u.uuid, u.repo) for u in result_of(metadata.recent_uploads(1))] == [("u2", "s")]
+    assert len(result_of(metadata.recent_uploads(10))) == 2

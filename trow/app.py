@@ -330,7 +330,8 @@ def build_service(settings: Any, reactor: Any) -> MultiService:
         max_size=settings.config.registry_proxies.max_size,
     )
     status = StatusAPI(StatusBoard(registry, proxy, metrics, reactor, process, gc), auth)
-    resource = RegistryAPI(registry, proxy, auth, peer_key=peer_key, status=status, access=tracker).resource()
+    api = RegistryAPI(registry, proxy, auth, peer_key=peer_key, status=status, access=tracker)
+    resource = api.resource()
     uploads = UploadSlots(limits.max_concurrent_uploads, metrics)
     # One site per listener, so that max_connections counts per listener; the upload slots are
     # shared, as the disk is.
@@ -345,6 +346,7 @@ def build_service(settings: Any, reactor: Any) -> MultiService:
             uploads=uploads,
             reactor=reactor,
             body_guard=auth.refuse_body if auth.enabled else None,
+            body_limit=api.body_limit,
         )
         listener = strports.service(description, site, reactor=reactor)
         listener.setServiceParent(root)

@@ -153,7 +153,8 @@ class LimitsConfig:
 
     Every key is optional; the defaults are safe for a registry inside a cluster:
 
-    - ``max_manifest_size`` (4MiB): largest manifest accepted on push or from an upstream.
+    - ``max_manifest_size`` (4MiB): largest manifest accepted on push or from an upstream; a
+      larger push is answered 413 from its headers, before its body is read.
     - ``max_concurrent_uploads`` (64): request bodies the registry listeners receive at once;
       beyond it a request gets 429 ``TOOMANYREQUESTS`` with ``Retry-After``.
     - ``max_header_size`` (16KiB): request line plus headers of one request; beyond it the

@@ -100,6 +100,8 @@ LIMITS = frozenset(
         "max_header_size",
         "header_timeout",
         "idle_timeout",
+        "max_manifest_size",
+        "max_form_size",
     }
 )
 SITES = frozenset({"registry", "webhook", "metrics"})

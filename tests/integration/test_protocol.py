@@ -17,6 +17,7 @@ from tests.integration.conftest import (
     Skopeo,
     TrowProcess,
     layout_blob,
+    parse_response,
 )
 
 API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")
@@ -164,3 +165,84 @@ def test_blob_range_get(published: Published) -> None:
         assert response.header("Content-Length") == str(end - start + 1)
         assert response.header("Docker-Content-Digest") == desc["digest"]
         assert response.body == content[start : end + 1]
+
+
+# -- bodies over a limit: 413 at once, with the OCI error, then the connection closes ------------
+
+
+def _exchange(trow: TrowProcess, head: bytes, body_pieces: tuple[bytes, ...] = ()) -> tuple[RawResponse, bool]:
+    """Send C{head} (and C{body_pieces}, as far as trow takes them), read until trow closes;
+    the response, and whether trow stopped the body before all of it was sent."""
+    assert trow.port is not None
+    with socket.create_connection((LOOPBACK, trow.port), timeout=15) as sock:
+        sock.sendall(head)
+        cut = False
+        for piece in body_pieces:
+            try:
+                sock.sendall(piece)
+            except OSError:
+                cut = True
+                break
+        received = b""
+        while True:
+            try:
+                data = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not data:
+                break
+            received += data
+    return parse_response(received), cut
+
+
+def _assert_manifest_refusal(response: RawResponse, size: str) -> None:
+    assert response.status == 413, response
+    assert response.header("Connection") == "close" and (response.header("Content-Type") or "").startswith("application/json")
+    assert_api_version(response)
+    [error] = response.json()["errors"]
+    assert error["code"] == "SIZE_INVALID"
+    assert f"is {size}" in error["message"] and "limit of 4194304 bytes for max_manifest_size" in error["message"], error
+
+
+def test_a_manifest_over_the_limit_is_refused_from_its_headers(shared_trow: TrowProcess) -> None:
+    """Content-Length over max_manifest_size: the 413 comes before any of the body is sent,
+    also to a client that waits for 100 Continue (which it never gets), and nothing is stored."""
+    head = (
+        b"PUT /v2/limits/app/manifests/big HTTP/1.1\r\nHost: trow\r\n"
+        b"Content-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: 9000000\r\n"
+    )
+    response, _ = _exchange(shared_trow, head + b"\r\n")
+    _assert_manifest_refusal(response, "9000000 bytes")
+    # The first response read is the 413: no "100 Continue" came before it.
+    response, _ = _exchange(shared_trow, head + b"Expect: 100-continue\r\n\r\n")
+    _assert_manifest_refusal(response, "9000000 bytes")
+    assert shared_trow.request("GET", "/v2/limits/app/manifests/big").status == 404
+
+
+def test_a_client_that_sends_the_whole_oversized_body_still_reads_the_413(shared_trow: TrowProcess) -> None:
+    """The body is read and dropped while the answer waits in the client's buffer: no reset
+    loses it, whether the body has a length or comes chunked."""
+    body = b"{" + b" " * (6 * 2**20) + b"}"
+    head = (
+        b"PUT /v2/limits/app/manifests/big HTTP/1.1\r\nHost: trow\r\n"
+        b"Content-Type: application/vnd.oci.image.manifest.v1+json\r\n"
+    )
+    pieces = tuple(body[i : i + 2**20] for i in range(0, len(body), 2**20))
+    response, _ = _exchange(shared_trow, head + b"Content-Length: %d\r\n\r\n" % len(body), pieces)
+    _assert_manifest_refusal(response, f"{len(body)} bytes")
+    chunks = tuple(b"%x\r\n" % len(p) + p + b"\r\n" for p in pieces) + (b"0\r\n\r\n",)
+    response, _ = _exchange(shared_trow, head + b"Transfer-Encoding: chunked\r\n\r\n", chunks)
+    _assert_manifest_refusal(response, "more than 4194304 bytes")
+
+
+def test_a_manifest_at_the_limit_is_accepted(shared_trow: TrowProcess) -> None:
+    """Exactly max_manifest_size bytes is not over it (the refusal is for larger bodies only)."""
+    document = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": {}, "layers": []}
+    padding = 4 * 2**20 - len(json.dumps({**document, "annotations": {"p": ""}}).encode())
+    content = json.dumps({**document, "annotations": {"p": "x" * padding}}).encode()
+    assert len(content) == 4 * 2**20
+    response = shared_trow.request(
+        "PUT", "/v2/limits/app/manifests/exact", body=content, headers=[("Content-Type", OCI_MANIFEST)]
+    )
+    # Past the size check: refused for what it says (an empty config descriptor), not its size.
+    assert response.status == 400 and response.error_codes() == ["MANIFEST_INVALID"], response

@@ -21,7 +21,7 @@ from twisted.web.iweb import IRequest
 from trow.api import health
 from trow.api.status import StatusAPI, wants_html
 from trow.registry.access import AccessTracker
-from trow.api.auth import AuthAPI, required_actions
+from trow.api.auth import LOGIN_PATH, MAX_FORM_BYTES, AuthAPI, required_actions
 from trow.api.http import (
     API_VERSION_HEADER,
     header,
@@ -61,6 +61,7 @@ _ROUTES: list[tuple[re.Pattern[str], str]] = [
 _CACHE_READS = {"manifest", "blob", "tags", "referrers"}
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_MANIFEST_PATH = re.compile(rb"^/v2/.+/manifests/[^/]+$")
 
 
 
@@ -151,6 +152,17 @@ class RegistryAPI:
     def resource(self) -> Any:
         """The twisted.web resource to serve."""
         return self.app.resource()
+
+    def body_limit(self, request: IRequest) -> tuple[int, str] | None:
+        """The most bytes the body of C{request} may have, and what that limit is called, known
+        from its headers alone (see L{trow.api.site.TrowSite}): a larger one is answered 413
+        before it is read."""
+        path = (request.uri or b"").split(b"?", 1)[0]
+        if request.method == b"PUT" and _MANIFEST_PATH.match(path):
+            return self.registry.max_manifest_size, "max_manifest_size"
+        if request.method == b"POST" and path == LOGIN_PATH.encode():
+            return MAX_FORM_BYTES, "max_form_size"
+        return None
 
     # -- routing ----------------------------------------------------------------------------
 

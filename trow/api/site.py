@@ -34,6 +34,7 @@ What plain twisted.web does not do for a registry:
 
 from __future__ import annotations
 
+import json
 import resource as rlimit
 from typing import Any, Callable, cast
 
@@ -65,6 +66,8 @@ TLS_HANDSHAKE = 0x16
 # Seconds a client refused for max_concurrent_uploads is asked to wait: uploads in progress
 # usually free a slot within seconds.
 RETRY_AFTER = 5
+# How long a refused client may go on sending (and we on dropping it) before it is cut.
+LINGER = 5.0
 
 # Status reported for a request whose client left before any answer was sent (as nginx does).
 CLIENT_GONE = 499
@@ -157,6 +160,8 @@ class TrowRequest(server.Request):
         self._holds_upload_slot = False
         self._refused: RegistryError | None = None
         self._ended = False
+        # (bytes, what) for a body the API caps (a manifest, the login form), else None.
+        self._body_limit: tuple[int, str] | None = None
 
     def process(self) -> None:
         # Headers every response of this site carries, errors and health checks included.
@@ -176,6 +181,11 @@ class TrowRequest(server.Request):
         self.method = getattr(self.channel, "_command", self.method)
         self.uri = getattr(self.channel, "_path", self.uri)
         site = self._trow_site
+        self._body_limit = site.body_limit(self) if site is not None and site.body_limit is not None else None
+        if self._body_limit is not None and length is not None and length > self._body_limit[0]:
+            # Refused from its Content-Length, before any of the body is read.
+            self._refuse_body(length)
+            return
         if length != 0 and site is not None and site.body_guard is not None:
             refusal = site.body_guard(self)
             if refusal is not None:
@@ -210,7 +220,26 @@ class TrowRequest(server.Request):
 
     def handleContentChunk(self, data: bytes) -> None:
         self.received += len(data)
+        if self._body_limit is not None and self.received > self._body_limit[0]:
+            # A chunked body that has grown past the limit.
+            self._refuse_body(None)
+            return
         super().handleContentChunk(data)
+
+    def _refuse_body(self, length: int | None) -> None:
+        """Answer 413 at once, then close: nothing more of the body is read or kept."""
+        assert self._body_limit is not None
+        limit, what = self._body_limit
+        sent = f"{length} bytes" if length is not None else f"more than {limit} bytes"
+        error = RegistryError(
+            "SIZE_INVALID",
+            f"the request body is {sent}, more than this registry's limit of {limit} bytes for {what}",
+            {"size": length, "limit": limit},
+            status=413,
+        )
+        self.content = _Discard()
+        if isinstance(self.channel, TrowChannel):
+            self.channel.answer_and_close(self, error, what)
 
     def connectionLost(self, reason: Any) -> None:
         super().connectionLost(reason)
@@ -318,6 +347,40 @@ class TrowChannel(http.HTTPChannel):
             timeout=self.header_timeout,
         )
         self._refuse(b"408 Request Timeout", "header_timeout")
+
+    def answer_and_close(self, request: TrowRequest, error: RegistryError, limit: str) -> None:
+        """Answer C{request} with C{error} now, whatever of its body is still on its way, then
+        close: the client gets the whole OCI error (our side of the connection is shut for
+        writing, and what it still sends is read and dropped), and is cut if it keeps sending."""
+        transport = self.transport
+        if self._refusing or transport is None or getattr(transport, "disconnecting", False):
+            return
+        self._refusing = True
+        self.persistent = False
+        self.site.limit_hit(limit)
+        body = json.dumps(error.to_json()).encode()
+        headers = [
+            *getattr(self.site, "default_headers", ()),
+            (b"Content-Type", b"application/json"),
+            (b"Content-Length", str(len(body)).encode()),
+            (b"Connection", b"close"),
+        ]
+        head = b"HTTP/1.1 %d %s\r\n" % (error.status, http.RESPONSES.get(error.status, b"Error"))
+        head += b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+        transport.write(head + b"\r\n" + body)
+        request.code = error.status
+        request.sentLength = len(body)
+        request.ended(completed=True)
+        if hasattr(transport, "loseWriteConnection"):
+            transport.loseWriteConnection()
+        else:
+            self.loseConnection()
+        # A client that keeps sending (or never closes) is cut.
+        self._abort_call = self.callLater(LINGER, self._abort)
+
+    def _send100Continue(self) -> None:
+        if not self._refusing:  # a refused body must not be asked for after the refusal
+            super()._send100Continue()
 
     def _refuse(self, status: bytes, limit: str) -> None:
         """Answer C{status} outside of any request, close, and ignore what else comes."""
@@ -439,6 +502,7 @@ class TrowSite(server.Site):
         name: str = "registry",
         record: bool = True,
         body_guard: Callable[[IRequest], RegistryError | None] | None = None,
+        body_limit: Callable[[IRequest], tuple[int, str] | None] | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("timeout", limits.idle_timeout)
@@ -451,6 +515,9 @@ class TrowSite(server.Site):
         self.uploads = uploads
         # Asked before a large body is read: an error to answer with instead of storing it.
         self.body_guard = body_guard
+        # Asked when a request's headers are in: (the most bytes its body may have, what the
+        # limit is called), or None; a larger body is answered 413 at once.
+        self.body_limit = body_limit
         self.name = name
         self.record_requests = record
         self.open_connections = 0

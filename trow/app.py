@@ -347,6 +347,7 @@ def build_service(settings: Any, reactor: Any) -> MultiService:
             reactor=reactor,
             body_guard=auth.refuse_body if auth.enabled else None,
             body_limit=api.body_limit,
+            cors=settings.cors,
         )
         listener = strports.service(description, site, reactor=reactor)
         listener.setServiceParent(root)

@@ -6,13 +6,16 @@ bound: a bad option or config file prints one line naming the problem and exits 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import ssl
 import sys
 from typing import Any, NoReturn
 
 import attrs
 from twisted.application.service import IService
+from twisted.internet.endpoints import quoteStringArgument
 from twisted.python import usage
 
 from trow.auth.service import check_settings
@@ -42,6 +45,8 @@ class Settings:
     # how those replicas reach this one.
     database: str | None = attrs.field(default=None, repr=False)
     peer_url: str | None = None
+    # --cors: origins whose browsers may call the registry API (Trow's flag).
+    cors: tuple[str, ...] = ()
 
 
 def fail(message: str) -> NoReturn:
@@ -187,6 +192,72 @@ def _check_data_dir(path: str) -> None:
         fail(f"--data-dir {path!r} does not exist and cannot be created under {parent!r}")
 
 
+# Trow's bare --tls: its certificate and key where Trow's documentation puts them.
+DEFAULT_TLS = "./certs/domain.crt,./certs/domain.key"
+BIND_PORT = 8000
+
+
+def bind_endpoint(value: str, tls: tuple[str, str] | None = None) -> str:
+    """The endpoint description for Trow's C{--bind IP[:PORT]} (port 8000 when missing;
+    C{[::]} listens on IPv6 and IPv4 alike), over TLS with C{tls} (certificate, key)."""
+    text = value.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            fail(f"--bind {value!r}: write an IPv6 address in brackets, as [::] or [::1]:8000")
+        port_text = rest[1:] if rest else ""
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        host, port_text = text, ""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        fail(f"--bind {value!r}: {host!r} is not an IP address (--bind takes IP[:PORT], e.g. 0.0.0.0:8000 or [::])")
+    if ":" in text and not text.startswith("[") and address.version == 6:
+        fail(f"--bind {value!r}: write an IPv6 address in brackets, as [::] or [::1]:8000")
+    port = BIND_PORT
+    if port_text:
+        if not port_text.isdigit() or int(port_text) > 65535:
+            fail(f"--bind {value!r}: the port must be a number from 0 to 65535")
+        port = int(port_text)
+    interface = quoteStringArgument(str(address))
+    if tls is None:
+        return f"tcp:{port}:interface={interface}"
+    cert, key = (quoteStringArgument(path) for path in tls)
+    return f"ssl:{port}:interface={interface}:privateKey={key}:certKey={cert}"
+
+
+def check_tls(value: str) -> tuple[str, str]:
+    """Trow's C{--tls=CERT,KEY}: both files, loadable as a pair (one line and exit 1 if not)."""
+    parts = value.split(",")
+    if len(parts) != 2 or not all(p.strip() for p in parts):
+        fail(f"--tls={value}: give the certificate and its key, separated by a comma (--tls=CERT,KEY)")
+    cert, key = (p.strip() for p in parts)
+    for what, path in (("certificate", cert), ("key", key)):
+        if not os.path.isfile(path):
+            fail(f"--tls: no TLS {what} at {path!r}" + (" (a bare --tls means --tls=" + DEFAULT_TLS + ")" if value == DEFAULT_TLS else ""))
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError, ValueError) as e:
+        fail(f"--tls: the certificate {cert!r} and key {key!r} do not load as a pair: {getattr(e, 'reason', None) or e}")
+    return cert, key
+
+
+def check_cors(value: str) -> tuple[str, ...]:
+    """Trow's C{--cors}: comma-separated origins (C{https://ui.example.com}, or C{*} for any)."""
+    origins = tuple(o.strip().rstrip("/") for o in value.split(",") if o.strip())
+    if not origins:
+        fail("--cors: give the allowed origins, comma-separated (e.g. --cors https://ui.example.com)")
+    for origin in origins:
+        if origin == "*":
+            continue
+        scheme, sep, rest = origin.partition("://")
+        if scheme not in ("http", "https") or not sep or not rest or "/" in rest:
+            fail(f"--cors: {origin!r} is not an origin; write scheme://host[:port], e.g. https://ui.example.com")
+    return origins
+
+
 class Options(usage.Options):
     """Options of the trow plugin (reference.md section 2)."""
 
@@ -194,13 +265,13 @@ class Options(usage.Options):
     longdesc = "trow: OCI registry, pull-through cache and Kubernetes admission webhook."
 
     optParameters = [
-        ["data-dir", None, "./data", "Directory that holds all state: blobs, metadata, uploads."],
+        ["data-dir", "d", "./data", "Directory that holds all state: blobs, metadata, uploads."],
         ["config", None, None, "YAML config file (Trow v0.10 keys accepted)."],
-        ["hostname", None, None, "Public name of this registry (auth realms, rewritten images)."],
+        ["hostname", "n", None, "Public name of this registry (auth realms, rewritten images)."],
         ["metrics-listen", None, None, "Endpoint description for a separate /metrics listener."],
         ["log-format", None, None, "Log format: text or json (one JSON object per line); default: the runner's."],
-        ["user", None, None, "Single user name (Trow-compatible)."],
-        ["password", None, None, "Password of --user; may be file:///path."],
+        ["user", "U", None, "Single user name (Trow-compatible)."],
+        ["password", "P", None, "Password of --user; may be file:///path."],
         ["htpasswd", None, None, "bcrypt htpasswd file with many users."],
         [
             "database",
@@ -209,6 +280,8 @@ class Options(usage.Options):
             "PostgreSQL URL (libpq) for metadata: several replicas then share one --data-dir. Default: sqlite in the data dir.",
         ],
         ["peer-url", None, None, "URL the other replicas reach this one at (with --database)."],
+        ["tls", None, None, "Trow's: serve the registry over HTTPS with CERT,KEY (bare --tls: " + DEFAULT_TLS + ")."],
+        ["cors", None, None, "Trow's: comma-separated origins whose browsers may call the registry (credentials allowed)."],
     ]
     optFlags = [
         ["dry-run", None, "Validate options and config, print the effective settings, exit."],
@@ -218,6 +291,7 @@ class Options(usage.Options):
         super().__init__()
         self["listen"] = []
         self["webhook-listen"] = []
+        self["bind"] = []
 
     def opt_listen(self, description: str) -> None:
         """Endpoint description for the registry API, e.g. tcp:8000 or ssl:8443:privateKey=...
@@ -233,14 +307,39 @@ class Options(usage.Options):
         """Alias of --config."""
         self["config"] = path
 
+    def opt_bind(self, address: str) -> None:
+        """Trow's way to write --listen: IP[:PORT] (port 8000 when missing; [::] is dual-stack)."""
+        self["bind"].append(address)
+
+    def opt_name(self, name: str) -> None:
+        """Trow's long form of -n: alias of --hostname."""
+        self["hostname"] = name
+
     def parseOptions(self, options: Any = None) -> None:
+        if options is None:
+            options = sys.argv[1:]
+        # Trow's --tls takes its value only after "=", and may have none: getopt cannot say that.
+        options = ["--tls=" + DEFAULT_TLS if arg == "--tls" else arg for arg in options]
         try:
             super().parseOptions(options)
         except usage.UsageError as e:
             fail(f"{e} (see 'twistd trow --help')")
 
     def postOptions(self) -> None:
-        listen = tuple(self["listen"]) or ("tcp:8000",)
+        if self["bind"] and self["listen"]:
+            fail("--bind and --listen both say where to listen: give one of them (--bind IP[:PORT] is Trow's way to write --listen)")
+        if len(self["bind"]) > 1:
+            fail("--bind is given once (to listen on more addresses, use --listen, which repeats)")
+        tls = check_tls(self["tls"]) if self["tls"] is not None else None
+        if tls is not None and self["listen"]:
+            fail("--tls serves --bind (or the default port 8000) over HTTPS; with --listen, give an ssl: endpoint instead")
+        cors = check_cors(self["cors"]) if self["cors"] is not None else ()
+        if self["bind"]:
+            listen: tuple[str, ...] = (bind_endpoint(self["bind"][0], tls),)
+        elif tls is not None:
+            listen = (bind_endpoint(f"0.0.0.0:{BIND_PORT}", tls),)
+        else:
+            listen = tuple(self["listen"]) or ("tcp:8000",)
         for description in listen:
             _check_endpoint(description, "--listen")
         for description in self["webhook-listen"]:
@@ -293,6 +392,7 @@ class Options(usage.Options):
             htpasswd=self["htpasswd"],
             database=database,
             peer_url=peer_url,
+            cors=cors,
         )
         if self["dry-run"]:
             summary = {
@@ -307,6 +407,7 @@ class Options(usage.Options):
                 "htpasswd": self["htpasswd"],
                 "database": _redacted(database),
                 "peer_url": peer_url,
+                "cors": list(cors),
                 "config": config_summary(config),
             }
             sys.stdout.write(json.dumps(summary, indent=2) + "\n")

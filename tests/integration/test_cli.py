@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import subprocess
 from pathlib import Path
 from typing import Callable, Sequence
@@ -155,3 +156,113 @@ def test_repeated_listen_serves_on_every_listener(trow_factory: Callable[..., Tr
     assert pushed.status == 201, pushed
     fetched = raw_request(ports[1], "GET", f"/v2/two/ports/blobs/{digest}")
     assert fetched.status == 200 and fetched.body == data
+
+
+# -- Trow's command line: a Trow Deployment's args work unchanged ---------------------------------
+
+
+def _http_get(family: int, address: str, port: int, path: str = "/v2/") -> bytes:
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect((address, port))
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: trow\r\nConnection: close\r\n\r\n".encode())
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
+def test_trows_bind_and_short_forms_serve(trow_factory: Callable[..., TrowProcess], tmp_path: Path) -> None:
+    """--bind IP:PORT with -d and -n, as a Trow Deployment passes them."""
+    data = tmp_path / "trow-data"
+    trow = trow_factory("bind", start=False, use_defaults=True, extra_args=["--bind", f"{LOOPBACK}:0", "-d", str(data), "-n", "registry.example.com"])
+    trow.start()
+    assert trow.port is not None
+    assert _http_get(socket.AF_INET, LOOPBACK, trow.port).startswith(b"HTTP/1.1 200")
+    assert data.is_dir() and os.listdir(data)
+
+
+def test_bind_to_all_of_ipv6_is_dual_stack(trow_factory: Callable[..., TrowProcess], tmp_path: Path) -> None:
+    """--bind [::]:PORT answers on IPv6 and IPv4 alike (here on their loopbacks)."""
+    trow = trow_factory("dual", start=False, use_defaults=True, extra_args=["--bind", "[::]:0", "-d", str(tmp_path / "d")])
+    trow.start()
+    assert trow.port is not None
+    assert _http_get(socket.AF_INET6, "::1", trow.port).startswith(b"HTTP/1.1 200")
+    assert _http_get(socket.AF_INET, LOOPBACK, trow.port).startswith(b"HTTP/1.1 200")
+
+
+def test_tls_serves_the_registry_over_https(trow_factory: Callable[..., TrowProcess], tmp_path: Path) -> None:
+    """--tls=CERT,KEY: HTTPS on the --bind address, verified against the certificate's CA."""
+    import http.client
+    import ssl
+
+    from trow.certs import make_bundle
+
+    bundle = make_bundle("localhost", "test")
+    (tmp_path / "tls.crt").write_bytes(bundle.cert_pem)
+    (tmp_path / "tls.key").write_bytes(bundle.key_pem)
+    (tmp_path / "ca.crt").write_bytes(bundle.ca_pem)
+    trow = trow_factory(
+        "tls",
+        start=False,
+        use_defaults=True,
+        extra_args=["--bind", f"{LOOPBACK}:0", "-d", str(tmp_path / "d"), f"--tls={tmp_path / 'tls.crt'},{tmp_path / 'tls.key'}"],
+    )
+    trow.start()
+    assert trow.port is not None
+    connection = http.client.HTTPSConnection(
+        "localhost", trow.port, timeout=10, context=ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
+    )
+    connection.request("GET", "/v2/")
+    response = connection.getresponse()
+    assert response.status == 200 and response.getheader("Docker-Distribution-API-Version") == "registry/2.0"
+    connection.close()
+
+
+def test_a_tls_pair_that_does_not_load_exits_before_binding(tmp_path: Path) -> None:
+    from trow.certs import make_bundle
+
+    (tmp_path / "tls.crt").write_bytes(make_bundle("a", "b").cert_pem)
+    (tmp_path / "other.key").write_bytes(make_bundle("a", "b").key_pem)
+    port = free_port()
+    result = run_once(
+        ["--bind", f"{LOOPBACK}:{port}", "-d", "data", f"--tls={tmp_path / 'tls.crt'},{tmp_path / 'other.key'}"], tmp_path, port
+    )
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert "do not load as a pair" in line and "Traceback" not in result.stdout
+
+
+def test_bind_with_listen_exits_before_binding(tmp_path: Path) -> None:
+    port = free_port()
+    result = run_once(["--bind", f"{LOOPBACK}:{port}", "--listen", f"tcp:{port}:interface={LOOPBACK}", "-d", "data"], tmp_path, port)
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert "--bind and --listen" in line
+
+
+def test_cors_lets_the_named_origins_in(trow_factory: Callable[..., TrowProcess]) -> None:
+    """--cors ORIGINS: a preflight from an allowed origin is answered (GET, POST, OPTIONS, with
+    credentials); its GETs carry the CORS headers; another origin gets none of them."""
+    trow = trow_factory("cors", extra_args=["--cors", "https://ui.example.com,http://localhost:3000"])
+    preflight = trow.request(
+        "OPTIONS",
+        "/v2/_catalog",
+        headers=[
+            ("Origin", "https://ui.example.com"),
+            ("Access-Control-Request-Method", "GET"),
+            ("Access-Control-Request-Headers", "authorization"),
+        ],
+    )
+    assert preflight.status == 204, preflight
+    assert preflight.header("Access-Control-Allow-Origin") == "https://ui.example.com"
+    assert preflight.header("Access-Control-Allow-Credentials") == "true"
+    assert preflight.header("Access-Control-Allow-Methods") == "GET, POST, OPTIONS"
+    assert preflight.header("Access-Control-Allow-Headers") == "authorization"
+    allowed = trow.request("GET", "/v2/", headers=[("Origin", "http://localhost:3000")])
+    assert allowed.status == 200 and allowed.header("Access-Control-Allow-Origin") == "http://localhost:3000"
+    assert allowed.header("Vary") == "Origin"
+    other = trow.request("GET", "/v2/", headers=[("Origin", "https://evil.example")])
+    assert other.status == 200 and other.header("Access-Control-Allow-Origin") is None
+    refused = trow.request("OPTIONS", "/v2/_catalog", headers=[("Origin", "https://evil.example"), ("Access-Control-Request-Method", "GET")])
+    assert refused.header("Access-Control-Allow-Origin") is None and refused.status != 204

@@ -312,3 +312,104 @@ def test_empty_password_file_is_refused(capsys: pytest.CaptureFixture[str], data
     empty = write(tmp_path, "pw", "\n")
     outcome = parse(capsys, "--data-dir", data_dir, "--user", "admin", "--password", f"file://{empty}")
     assert_one_line_error(outcome, "--password", "is empty")
+
+
+# -- Trow's command line ---------------------------------------------------------------------------
+
+
+def _pair(tmp_path: Path) -> tuple[str, str]:
+    """A certificate and its key, as files (trow's own generator)."""
+    from trow.certs import make_bundle
+
+    bundle = make_bundle("trow", "test")
+    return write(tmp_path, "tls.crt", bundle.cert_pem.decode()), write(tmp_path, "tls.key", bundle.key_pem.decode())
+
+
+@pytest.mark.parametrize(
+    "bind, listen",
+    [
+        ("0.0.0.0", "tcp:8000:interface=0.0.0.0"),
+        ("127.0.0.1:8081", "tcp:8081:interface=127.0.0.1"),
+        ("[::]", "tcp:8000:interface=\\:\\:"),
+        ("[::1]:0", "tcp:0:interface=\\:\\:1"),
+    ],
+)
+def test_bind_is_trows_way_to_write_listen(capsys: pytest.CaptureFixture[str], data_dir: str, bind: str, listen: str) -> None:
+    outcome = parse(capsys, "--data-dir", data_dir, "--bind", bind)
+    assert outcome.code is None, outcome.err
+    assert outcome.options.settings.listen == (listen,)
+
+
+@pytest.mark.parametrize(
+    "bind, fragment",
+    [
+        ("localhost:8000", "not an IP address"),
+        ("::1", "in brackets"),
+        ("[::1", "in brackets"),
+        ("127.0.0.1:http", "port must be a number"),
+        ("127.0.0.1:70000", "port must be a number"),
+    ],
+)
+def test_a_bad_bind_is_one_line(capsys: pytest.CaptureFixture[str], data_dir: str, bind: str, fragment: str) -> None:
+    assert_one_line_error(parse(capsys, "--data-dir", data_dir, "--bind", bind), "--bind", fragment)
+
+
+def test_bind_and_listen_together_are_refused(capsys: pytest.CaptureFixture[str], data_dir: str) -> None:
+    outcome = parse(capsys, "--data-dir", data_dir, "--bind", "0.0.0.0", "--listen", "tcp:8000")
+    assert_one_line_error(outcome, "--bind and --listen")
+
+
+def test_trows_short_forms(capsys: pytest.CaptureFixture[str], data_dir: str) -> None:
+    outcome = parse(capsys, "-d", data_dir, "-n", "registry.example.com", "-U", "admin", "-P", "s3cret")
+    assert outcome.code is None, outcome.err
+    settings = outcome.options.settings
+    assert (settings.data_dir, settings.hostname, settings.user, settings.password) == (
+        data_dir,
+        "registry.example.com",
+        "admin",
+        "s3cret",
+    )
+    assert parse(capsys, "-d", data_dir, "--name", "r.example.com").options.settings.hostname == "r.example.com"
+
+
+def test_tls_serves_the_bind_address_over_https(capsys: pytest.CaptureFixture[str], data_dir: str, tmp_path: Path) -> None:
+    cert, key = _pair(tmp_path)
+    outcome = parse(capsys, "-d", data_dir, "--bind", "127.0.0.1:8443", f"--tls={cert},{key}")
+    assert outcome.code is None, outcome.err
+    [listen] = outcome.options.settings.listen
+    assert listen.startswith("ssl:8443:interface=127.0.0.1:privateKey=") and "certKey=" in listen
+    # Without --bind: the default port, over HTTPS.
+    [default] = parse(capsys, "-d", data_dir, f"--tls={cert},{key}").options.settings.listen
+    assert default.startswith("ssl:8000:interface=0.0.0.0:")
+
+
+def test_a_bare_tls_means_trows_default_paths(
+    capsys: pytest.CaptureFixture[str], data_dir: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert_one_line_error(parse(capsys, "-d", data_dir, "--tls"), "./certs/domain.crt")
+    (tmp_path / "certs").mkdir()
+    cert, key = _pair(tmp_path)
+    os.rename(cert, tmp_path / "certs" / "domain.crt")
+    os.rename(key, tmp_path / "certs" / "domain.key")
+    outcome = parse(capsys, "-d", data_dir, "--tls")
+    assert outcome.code is None, outcome.err
+    assert "certKey=./certs/domain.crt" in outcome.options.settings.listen[0]
+
+
+def test_a_certificate_pair_that_does_not_load_is_one_line(capsys: pytest.CaptureFixture[str], data_dir: str, tmp_path: Path) -> None:
+    cert, key = _pair(tmp_path)
+    (tmp_path / "other").mkdir()
+    _, other_key = _pair(tmp_path / "other")
+    assert_one_line_error(parse(capsys, "-d", data_dir, f"--tls={cert},{other_key}"), "do not load as a pair")
+    assert_one_line_error(parse(capsys, "-d", data_dir, f"--tls={cert}"), "CERT,KEY")
+    garbage = write(tmp_path, "garbage.pem", "not a certificate\n")
+    assert_one_line_error(parse(capsys, "-d", data_dir, f"--tls={garbage},{key}"), "do not load")
+    assert_one_line_error(parse(capsys, "-d", data_dir, "--listen", "tcp:0", f"--tls={cert},{key}"), "ssl: endpoint")
+
+
+def test_cors_origins(capsys: pytest.CaptureFixture[str], data_dir: str) -> None:
+    outcome = parse(capsys, "-d", data_dir, "--cors", "https://ui.example.com, http://localhost:3000/")
+    assert outcome.options.settings.cors == ("https://ui.example.com", "http://localhost:3000")
+    assert_one_line_error(parse(capsys, "-d", data_dir, "--cors", "ui.example.com"), "not an origin")
+    assert_one_line_error(parse(capsys, "-d", data_dir, "--cors", ","), "allowed origins")

@@ -66,6 +66,9 @@ TLS_HANDSHAKE = 0x16
 # Seconds a client refused for max_concurrent_uploads is asked to wait: uploads in progress
 # usually free a slot within seconds.
 RETRY_AFTER = 5
+# --cors (Trow's): what a browser may do, and which answer headers its scripts may read.
+CORS_METHODS = "GET, POST, OPTIONS"
+CORS_EXPOSED = "Docker-Content-Digest, Docker-Distribution-API-Version, Location, Link, Range, WWW-Authenticate"
 # How long a refused client may go on sending (and we on dropping it) before it is cut.
 LINGER = 5.0
 
@@ -167,12 +170,35 @@ class TrowRequest(server.Request):
         # Headers every response of this site carries, errors and health checks included.
         for name, value in getattr(getattr(self.channel, "site", None), "default_headers", ()):
             self.setHeader(name, value)
+        if self._trow_site is not None and self._trow_site.cors and self._cors(self._trow_site.cors):
+            return  # a preflight, answered
         if self._refused is not None:
             self.site = getattr(self.channel, "site", None)
             self.write(send_error(self, self._refused))
             self.finish()
             return
         super().process()
+
+    def _cors(self, allowed: tuple[str, ...]) -> bool:
+        """Trow's --cors: let the browsers of the C{allowed} origins read the answers, with
+        credentials; answer their preflights (True) for GET, POST and OPTIONS."""
+        origin = self.getHeader("Origin")
+        if not origin or (origin.rstrip("/") not in allowed and "*" not in allowed):
+            return False
+        # With credentials the origin is named, never "*" (browsers refuse that).
+        self.setHeader("Access-Control-Allow-Origin", origin)
+        self.setHeader("Access-Control-Allow-Credentials", "true")
+        self.setHeader("Vary", "Origin")
+        self.setHeader("Access-Control-Expose-Headers", CORS_EXPOSED)
+        if self.method != b"OPTIONS" or not self.getHeader("Access-Control-Request-Method"):
+            return False
+        self.setResponseCode(204)
+        self.setHeader("Access-Control-Allow-Methods", CORS_METHODS)
+        self.setHeader("Access-Control-Allow-Headers", self.getHeader("Access-Control-Request-Headers") or "Authorization")
+        self.setHeader("Access-Control-Max-Age", "600")
+        self.trow_route = "cors"
+        self.finish()
+        return True
 
     def gotLength(self, length: int | None) -> None:
         self._headers_done = True
@@ -503,6 +529,7 @@ class TrowSite(server.Site):
         record: bool = True,
         body_guard: Callable[[IRequest], RegistryError | None] | None = None,
         body_limit: Callable[[IRequest], tuple[int, str] | None] | None = None,
+        cors: tuple[str, ...] = (),
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("timeout", limits.idle_timeout)
@@ -518,6 +545,8 @@ class TrowSite(server.Site):
         # Asked when a request's headers are in: (the most bytes its body may have, what the
         # limit is called), or None; a larger body is answered 413 at once.
         self.body_limit = body_limit
+        # Origins whose browsers may call this site (Trow's --cors), "*" for any.
+        self.cors = cors
         self.name = name
         self.record_requests = record
         self.open_connections = 0

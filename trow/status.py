@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
@@ -22,7 +22,7 @@ from trow.proxy.service import ProxyRegistry
 from trow.registry.gc import GarbageCollector
 from trow.registry.names import Digest
 from trow.registry.service import Registry
-from trow.storage.metadata import CACHE_PREFIX, RepositoryOverview
+from trow.storage.metadata import CACHE_PREFIX, MetadataUnavailable, RepositoryOverview
 
 REPOS_PER_PAGE = 25
 TAGS_PER_REPO = 5
@@ -73,6 +73,16 @@ class StatusBoard:
         """The status as plain data (what C{/status.json} sends). C{live}: only what changes by
         the second (activity, cache, upstreams, space and GC), not the repository lists."""
         now = self.clock.seconds()
+        unavailable: list[str] = []
+
+        async def metadata(part: Callable[[], Awaitable[dict[str, Any]]], empty: dict[str, Any]) -> dict[str, Any]:
+            # The page is most wanted while the database is down: it shows the rest, and says so.
+            try:
+                return await part()
+            except MetadataUnavailable as e:
+                unavailable.append(str(e))
+                return empty
+
         status: dict[str, Any] = {
             "version": __version__,
             "now": now,
@@ -80,7 +90,7 @@ class StatusBoard:
             "uptime_seconds": max(0.0, now - self.process.started),
             "replica": self.process.replica,
             "downloads": self._downloads(may_pull, now),
-            "uploads": await self._uploads(may_pull),
+            "uploads": await metadata(lambda: self._uploads(may_pull), {"items": [], "hidden": 0, "in_progress": None}),
             "cache": self._cache(),
             "upstreams": self._upstreams(),
             "space": await self._space(),
@@ -88,8 +98,12 @@ class StatusBoard:
         }
         if not live:
             status["config"] = dict(self.process.config)
-            status["repositories"] = await self._repositories(may_pull, after, cached=False)
-            status["cached"] = await self._repositories(may_pull, cached_after, cached=True)
+            empty: dict[str, Any] = {"items": [], "hidden": 0, "next": None}
+            status["repositories"] = await metadata(lambda: self._repositories(may_pull, after, cached=False), empty)
+            status["cached"] = await metadata(
+                lambda: self._repositories(may_pull, cached_after, cached=True), {**empty, "upstreams": []}
+            )
+        status["metadata_error"] = unavailable[0] if unavailable else None
         return status
 
     # -- what is stored ----------------------------------------------------------------------

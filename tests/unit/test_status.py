@@ -334,3 +334,33 @@ def test_an_index_counts_its_platforms_and_their_sizes(tmp_path: Path) -> None:
     assert latest["platforms"] == 2
     assert latest["digest"] == "sha256:" + hashlib.sha256(index).hexdigest()
     assert latest["size"] == len(index) + amd_size + arm_size
+
+
+def test_the_page_shows_what_it_can_while_the_database_is_down(tmp_path: Path) -> None:
+    """An operator looks at the page most when something is wrong: without the metadata it
+    still answers, with everything else, and says what is missing."""
+    from twisted.internet.defer import fail
+
+    from trow.storage.metadata import MetadataUnavailable
+
+    site = Site(tmp_path)
+    site.push("team/app", "v1", b"layer")
+    metadata: Any = site.trow.registry.metadata
+    down = lambda *a, **k: fail(MetadataUnavailable("the database at db:5432 is unreachable"))  # noqa: E731
+    metadata.repository_names = metadata.recent_uploads = down
+    status = site.status()
+    assert status["metadata_error"] == "the database at db:5432 is unreachable"
+    assert status["repositories"]["items"] == [] and status["uploads"]["items"] == []
+    assert status["cache"]["hit_rate"] is None and status["space"]["disk_total"] > 0
+    page = site.client.get("/", headers=HTML)
+    assert page.code == 200 and b"The metadata database is unavailable" in page.body
+
+
+def test_upstream_requests_say_who_sends_them(tmp_path: Path) -> None:
+    """Registries tell clients apart by User-Agent (some treat none as a bot): trow names itself."""
+    from trow import __version__
+
+    site = Site(tmp_path)
+    site.client.get("/v2/f/docker/library/alpine/manifests/3")
+    seen = site.cache.fake.seen
+    assert seen and all(s.header("User-Agent") == f"trow/{__version__} (pull-through cache)" for s in seen), seen

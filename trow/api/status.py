@@ -414,6 +414,9 @@ def render_page(status: dict[str, Any]) -> Tag:
         ),
         tags.body(
             tags.header(tags.h1("trow"), process, " ", tags.span("", id="updated")),
+            tags.p("The metadata database is unavailable: ", status["metadata_error"], class_="alert")
+            if status.get("metadata_error")
+            else "",
             Tag("main")(render_live(status), _stored(status), _config(status)),  # not among tags.*
             # Its own route: twisted.web.template escapes text, a script's included.
             tags.script(src="/status.js"),
@@ -430,6 +433,7 @@ table { border-collapse: collapse; width: 100%; } th, td { text-align: left; pad
 th { font-weight: 600; color: #555; } td.empty { color: #888; } code { font-size: .9em; }
 progress { width: 12em; vertical-align: middle; } .tag { background: #eef; border-radius: 3px; padding: 0 .35em; }
 .state.down { color: #b00; font-weight: 600; } .state.up { color: #070; } #updated { color: #888; } #updated.stale { color: #b00; }
+.alert { color: #b00; font-weight: 600; }
 dl { display: grid; grid-template-columns: max-content auto; gap: .2em 1em; } dt { color: #555; } dd { margin: 0; }
 """
 

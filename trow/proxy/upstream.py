@@ -37,12 +37,15 @@ from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionP
 from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
+from trow import __version__
 from trow.metrics import Metrics
 from trow.proxy.names import ProxiedName, Upstream, is_private_address
 from trow.proxy.streams import ThreadedHTTP
 from trow.registry.manifests import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 
 _log = Logger()
+
+USER_AGENT = f"trow/{__version__} (pull-through cache)"
 
 # Everything trow can store, so the upstream never down-converts (HEAD must see the real digest).
 MANIFEST_ACCEPT = ", ".join([OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST])
@@ -379,7 +382,8 @@ class UpstreamClient:
         url = f"{upstream.base_url}/v2/{name.repo}/{path}"
         scope = f"repository:{name.repo}:{scope_action}"
         credentials = upstream.credentials_for(name.repo)
-        sent = dict(headers or {})
+        # Registries (and their operators) tell clients apart by this; some treat none as a bot.
+        sent = {"User-Agent": USER_AGENT, **(headers or {})}
         token_key = (upstream.host, scope, (credentials.username or "") if credentials else "")
         cached = self._tokens.get(token_key)
         if cached and cached[1] > self._clock.seconds():
@@ -431,7 +435,7 @@ class UpstreamClient:
         query = {"scope": params.get("scope", scope)}
         if "service" in params:
             query["service"] = params["service"]
-        headers: dict[str, str] = {}
+        headers: dict[str, str] = {"User-Agent": USER_AGENT}
         if credentials is not None:
             if same_domain(realm_host, upstream.host) or same_domain(realm_host, urlsplit(upstream.base_url).netloc):
                 raw = f"{credentials.username}:{credentials.password or ''}".encode()

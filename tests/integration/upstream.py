@@ -537,6 +537,8 @@ class StandIn:
         self.auth: tuple[str, str] | None = None
         # "bearer": a token from /token (the Docker Hub way); "basic": the credentials on every request
         self.auth_scheme = "bearer"
+        # The Bearer challenge's realm (default: this stand-in's own /token), e.g. a TokenServer's
+        self.realm: str | None = None
         self.token = "tok-" + os.urandom(8).hex()
         self.seen: list[Seen] = []
         self._lock = threading.Lock()
@@ -697,7 +699,8 @@ class _StandInHandler(BaseHTTPRequestHandler):
         match = _MANIFEST_PATH.match(path) or _BLOB_PATH.match(path)
         if match:
             repo = match.group("repo")
-        challenge = f'Bearer realm="http://{owner.host}/token",service="x",scope="repository:{repo}:pull"'
+        realm = owner.realm or f"http://{owner.host}/token"
+        challenge = f'Bearer realm="{realm}",service="x",scope="repository:{repo}:pull"'
         self._error(401, "UNAUTHORIZED", {"WWW-Authenticate": challenge})
         return False
 
@@ -899,6 +902,62 @@ def stand_in() -> Iterator[StandIn]:
         yield server
     finally:
         server.close()
+
+
+class TokenServer:
+    """A token service on an address of its own (127.0.0.2, say), for a L{StandIn}'s realm.
+
+    It hands the stand-in's token to anyone who asks at C{/token}, with or without credentials
+    (as a public registry's token service does for public repositories), and records every
+    request with its headers, so a test sees whether credentials were sent to it.
+    """
+
+    def __init__(self, stand_in: StandIn, address: str = LOOPBACK) -> None:
+        self.stand_in = stand_in
+        self.seen: list[Seen] = []
+        self._lock = threading.Lock()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass
+
+            def do_GET(self) -> None:
+                with owner._lock:
+                    owner.seen.append(Seen(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
+                if urlsplit(self.path).path != "/token":
+                    body = b'{"errors": [{"code": "NOT_FOUND", "message": "no such path"}]}'
+                    self.send_response(404)
+                else:
+                    body = json.dumps({"token": owner.stand_in.token, "expires_in": 300}).encode()
+                    self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self._server = ThreadingHTTPServer((address, 0), Handler)
+        self._server.daemon_threads = True
+        self.address = address
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(target=self._server.serve_forever, name="token-server", daemon=True)
+        self._thread.start()
+
+    @property
+    def realm(self) -> str:
+        """The realm URL to set as the stand-in's C{realm}."""
+        return f"http://{self.address}:{self.port}/token"
+
+    def requests(self) -> list[Seen]:
+        with self._lock:
+            return list(self.seen)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(10)
 
 
 class ConnectionCounter:

@@ -1,5 +1,6 @@
 """``python -m trow gc`` in process: arguments, the data-dir lock, what it prints, and --dry-run
-changing nothing. (tests/integration/test_gc.py runs it as a real process on a real trow's data.)"""
+changing nothing, with or without a process on the data dir; the database snapshot a dry run
+reads. (tests/integration/test_gc.py runs it as a real process on a real trow's data.)"""
 
 from __future__ import annotations
 
@@ -12,10 +13,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.harness import result_of
 from tests.unit.test_gc import CACHE, HOUR, World, blob, digest, run
 from trow import __main__ as entry
-from trow.gccli import main
-from trow.storage.lock import DataDirLocked, lock_data_dir
+from trow.gccli import ReadOnlyBlobs, ReadOnlyUploads, main
+from trow.storage import sqlite as sqlite_module
+from trow.storage.blobs import BlobStore
+from trow.storage.lock import DataDirLocked, lock_data_dir, mark_shared
+from trow.storage.sqlite import snapshot_database
+from trow.storage.uploads import UploadFiles
+from trow.workers import InlineWorker
 
 # Above the smallest max_size trow accepts (1MiB), so that a config can ask for its eviction.
 CACHED_SIZE = 2 * 2**20
@@ -115,8 +122,198 @@ def test_refused_while_another_process_holds_the_data_dir(data_dir: Path, capsys
         lock.release()
     assert status == 1 and out == ""
     assert err.startswith("trow: error: data dir ") and "in use by another trow process" in err
+    assert "runs its own garbage collection" in err and "--dry-run" in err
     assert err.count("\n") == 1
     assert snapshot(data_dir) == before
+
+
+def files(root: Path) -> dict[str, tuple[int, int, int, str]]:
+    """Every file and directory under C{root}: inode, size, mtime and a hash of its bytes."""
+    found: dict[str, tuple[int, int, int, str]] = {}
+    for folder, dirs, names in os.walk(root):
+        for name in dirs + names:
+            path = os.path.join(folder, name)
+            st = os.stat(path)
+            content = ""
+            if os.path.isfile(path):
+                with open(path, "rb") as handle:
+                    content = hashlib.sha256(handle.read()).hexdigest()
+            found[os.path.relpath(path, root)] = (st.st_ino, st.st_size, st.st_mtime_ns, content)
+    return found
+
+
+def server_connection(path: Path) -> sqlite3.Connection:
+    """A connection like a running trow's: WAL, autocommit, and no patience for locks
+    (timeout=0: a write that had to wait fails at once)."""
+    conn = sqlite3.connect(str(path), isolation_level=None, timeout=0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA wal_autocheckpoint=0")  # what it commits stays in the WAL
+    return conn
+
+
+def test_dry_run_beside_a_server_takes_no_lock_and_changes_nothing(
+    data_dir: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A process holding the data dir's lock and the database open, in the middle of a write
+    transaction: the dry run neither waits nor fails, reports the orphan, leaves every file
+    (trow.lock, trow.db, its WAL) as it was, and the holder commits at once afterwards."""
+    config = tmp_path / "gc.yaml"
+    config.write_text("gc:\n  grace: 1h\n  upload_expiry: 1h\n")
+    lock = lock_data_dir(str(data_dir))
+    server = server_connection(data_dir / "trow.db")
+    try:
+        server.execute("INSERT INTO tags (repo, tag, digest, updated) VALUES ('team/app', 'committed', 'sha256:x', 0)")
+        server.execute("BEGIN IMMEDIATE")
+        server.execute("INSERT INTO tags (repo, tag, digest, updated) VALUES ('team/app', 'pending', 'sha256:y', 0)")
+        before = files(data_dir)
+        started = time.monotonic()
+        status, out, err = run_gc(capsys, "--data-dir", str(data_dir), "--dry-run", "--config", str(config))
+        assert status == 0, err
+        assert time.monotonic() - started < 4  # sqlite's busy timeout is 5s: it never waited
+        assert f"would remove blob {digest(blob('orphan'))} (1000 bytes)" in out
+        assert out.splitlines()[-1].startswith("would remove 1 blobs (1000 bytes), 0 uploads")
+        assert files(data_dir) == before
+        # The lock is still ours alone, and the write goes through without waiting.
+        assert lock.held
+        with pytest.raises(DataDirLocked):
+            lock_data_dir(str(data_dir))
+        server.execute("COMMIT")
+    finally:
+        server.close()
+        lock.release()
+
+
+def test_dry_run_creates_no_directory(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Without tmp/ and uploads/ (a data dir restored from a backup), a dry run makes neither,
+    nor -wal or -shm beside trow.db (nobody has it open), nor trow.lock."""
+    for name in ("tmp", "uploads"):
+        for entry in os.listdir(data_dir / name):
+            os.unlink(data_dir / name / entry)
+        os.rmdir(data_dir / name)
+    before = files(data_dir)
+    assert sorted(name for name in before if "/" not in name) == ["blobs", "trow.db"]
+    status, out, err = run_gc(capsys, "--data-dir", str(data_dir), "--dry-run")
+    assert status == 0, err
+    assert "would remove 1 blobs" in out
+    assert files(data_dir) == before
+
+
+def test_the_read_only_views_refuse_to_change_files(data_dir: Path) -> None:
+    """What a dry run hands the collector: the same fields as the real stores (so the methods it
+    inherits work), reads that work, and every change refused."""
+    worker = InlineWorker()
+    blobs = ReadOnlyBlobs(str(data_dir), worker)
+    assert vars(blobs).keys() == vars(BlobStore(str(data_dir), worker)).keys()
+    uploads = ReadOnlyUploads(str(data_dir), blobs, worker)
+    assert vars(uploads).keys() == vars(UploadFiles(str(data_dir), blobs, worker)).keys()
+    orphan = digest(blob("orphan"))
+    assert orphan in result_of(blobs.walk())
+    assert result_of(blobs.stat_many([orphan]))[orphan][0] == 1000
+    before = files(data_dir)
+    for call in (
+        lambda: blobs.move_to_sync(orphan, str(data_dir / "tmp" / "aside")),
+        lambda: blobs.remove_aside([str(data_dir / "tmp" / "aside")]),
+        lambda: blobs.aside_name(),
+        lambda: blobs.clean_tmp(),
+        lambda: uploads.delete("some-upload"),
+        lambda: uploads.remove_orphans(set()),
+    ):
+        with pytest.raises(RuntimeError, match="a dry run changes no file"):
+            call()
+    assert files(data_dir) == before
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_data_dir_of_replicas_is_refused(data_dir: Path, capsys: pytest.CaptureFixture[str], dry_run: bool) -> None:
+    """Metadata in PostgreSQL (the trow.database mark): its trow.db is stale, and the replicas
+    collect their own garbage. Refused, --dry-run included, with one line, nothing changed."""
+    mark_shared(str(data_dir), "postgresql://db.example/trow")
+    before = files(data_dir)
+    status, out, err = run_gc(capsys, "--data-dir", str(data_dir), *(["--dry-run"] if dry_run else []))
+    assert status == 1 and out == ""
+    assert err.startswith("trow: error: data dir ") and err.count("\n") == 1
+    assert "PostgreSQL (postgresql://db.example/trow)" in err and "inside the replicas" in err
+    assert files(data_dir) == before
+
+
+# -- the snapshot ------------------------------------------------------------------------------
+
+
+def rows(path: Path) -> list[tuple[object, ...]]:
+    conn = sqlite3.connect(str(path))
+    try:
+        return conn.execute("SELECT * FROM t ORDER BY x").fetchall()
+    finally:
+        conn.close()
+
+
+def test_snapshot_beside_a_writer_reads_the_wal_and_never_waits(tmp_path: Path) -> None:
+    """The committed rows, including those only in the WAL, and not the writer's open
+    transaction; the writer, which would fail rather than wait, commits right after."""
+    source = tmp_path / "db" / "trow.db"
+    source.parent.mkdir()
+    writer = server_connection(source)
+    try:
+        writer.execute("CREATE TABLE t (x INTEGER)")
+        writer.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(3)])
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute("INSERT INTO t VALUES (99)")
+        before = files(source.parent)
+        assert os.path.getsize(str(source) + "-wal") > 0
+        started = time.monotonic()
+        snapshot_database(str(source), str(tmp_path / "copy.db"))
+        assert time.monotonic() - started < 4
+        assert files(source.parent) == before
+        writer.execute("COMMIT")
+    finally:
+        writer.close()
+    assert rows(tmp_path / "copy.db") == [(0,), (1,), (2,)]
+
+
+def test_snapshot_of_a_closed_database_makes_no_file(tmp_path: Path) -> None:
+    source = tmp_path / "db" / "trow.db"
+    source.parent.mkdir()
+    writer = server_connection(source)
+    writer.execute("CREATE TABLE t (x INTEGER)")
+    writer.execute("INSERT INTO t VALUES (1)")
+    writer.close()
+    before = files(source.parent)
+    assert sorted(before) == ["trow.db"]
+    snapshot_database(str(source), str(tmp_path / "copy.db"))
+    assert files(source.parent) == before
+    assert rows(tmp_path / "copy.db") == [(1,)]
+
+
+def test_snapshot_is_taken_again_when_a_writer_opens_the_database_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that starts while the unlocked copy is read: that copy is not trusted, the next
+    one goes through the WAL and has what the server committed."""
+    source = tmp_path / "db" / "trow.db"
+    source.parent.mkdir()
+    first = server_connection(source)
+    first.execute("CREATE TABLE t (x INTEGER)")
+    first.execute("INSERT INTO t VALUES (1)")
+    first.close()
+    calls: list[str] = []
+    real = sqlite_module._backup
+    writer: list[sqlite3.Connection] = []
+
+    def backup(uri: str, target: str) -> None:
+        calls.append(uri.rsplit("?", 1)[1])
+        real(uri, target)
+        if not writer:
+            writer.append(server_connection(source))
+            writer[0].execute("INSERT INTO t VALUES (2)")
+
+    monkeypatch.setattr(sqlite_module, "_backup", backup)
+    try:
+        snapshot_database(str(source), str(tmp_path / "copy.db"))
+    finally:
+        for conn in writer:
+            conn.close()
+    assert calls == ["immutable=1", "mode=ro"]
+    assert rows(tmp_path / "copy.db") == [(1,), (2,)]
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,10 @@ rolled back by sqlite on the next open.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
+import urllib.parse
 from typing import Callable, TypeVar
 
 from twisted.internet.defer import Deferred
@@ -213,6 +215,57 @@ class SqliteMetadata(SqlMetadata):
         # Named after the work it wraps: what a thread dump, or a test stepping the worker, sees.
         transaction.__name__ = getattr(f, "__name__", "transaction")
         return self._worker.run(transaction, self._conn)
+
+
+def snapshot_database(path: str, target: str, attempts: int = 5) -> None:
+    """Copy the last committed state of the sqlite database at C{path} into a new database at
+    C{target}, writing nothing beside C{path} and taking no lock that could make its writer wait
+    (the server's db worker goes on committing meanwhile). For C{python -m trow gc --dry-run}.
+
+    The copy is sqlite's online backup API in one step (C{pages=-1}): one read transaction on
+    the source, so one consistent state, every page as of the same commit.
+
+    - With a C{-wal} file beside it (it exists as long as a connection, a running trow's, has the
+      database open), the source is opened C{mode=ro}: a WAL reader, which sees what is committed
+      in the WAL as well, neither waits for the writer nor makes it wait (at most it keeps a
+      checkpoint from going past its snapshot while it reads), and never writes the database or
+      the WAL, nor checkpoints at close. Like every reader of a WAL database it uses the shared
+      C{-shm} index. (Should the last connection close between the look and the open, this
+      reader would leave an empty C{-wal} and C{-shm} behind, which any later opener accepts.)
+    - Without one, nobody has the database open, and a C{mode=ro} connection would create C{-wal}
+      and C{-shm} there: it is read C{immutable=1} (no lock, no file made), and that copy is kept
+      only if afterwards there is still no C{-wal} and the file has not changed. Otherwise a
+      process opened it meanwhile and the copy may be torn: it is taken again, through the WAL.
+
+    Raises C{sqlite3.Error} (C{OperationalError} after C{attempts} changing copies) or C{OSError}.
+    """
+    source = "file:" + urllib.parse.quote(os.path.abspath(path))
+    for _ in range(attempts):
+        if os.path.exists(path + "-wal"):
+            _backup(source + "?mode=ro", target)
+            return
+        before = _stamp(path)
+        _backup(source + "?immutable=1", target)
+        if not os.path.exists(path + "-wal") and _stamp(path) == before:
+            return
+    raise sqlite3.OperationalError(f"{path} kept changing while it was copied ({attempts} attempts)")
+
+
+def _stamp(path: str) -> tuple[int, int, int, int, int]:
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _backup(source_uri: str, target: str) -> None:
+    source = sqlite3.connect(source_uri, uri=True)
+    try:
+        copy = sqlite3.connect(target)
+        try:
+            source.backup(copy)
+        finally:
+            copy.close()
+    finally:
+        source.close()
 
 
 def _statements(script: str) -> list[str]:

@@ -128,8 +128,9 @@ def test_refused_while_another_process_holds_the_data_dir(data_dir: Path, capsys
 
 
 def files(root: Path) -> dict[str, tuple[int, int, int, str]]:
-    """Every file and directory under C{root}: inode, size, mtime and a hash of its bytes."""
-    found: dict[str, tuple[int, int, int, str]] = {}
+    """C{root} and every file and directory in it: inode, size, mtime and a hash of its bytes."""
+    top = os.stat(root)
+    found: dict[str, tuple[int, int, int, str]] = {".": (top.st_ino, top.st_size, top.st_mtime_ns, "")}
     for folder, dirs, names in os.walk(root):
         for name in dirs + names:
             path = os.path.join(folder, name)
@@ -191,7 +192,7 @@ def test_dry_run_creates_no_directory(data_dir: Path, capsys: pytest.CaptureFixt
             os.unlink(data_dir / name / entry)
         os.rmdir(data_dir / name)
     before = files(data_dir)
-    assert sorted(name for name in before if "/" not in name) == ["blobs", "trow.db"]
+    assert sorted(name for name in before if "/" not in name) == [".", "blobs", "trow.db"]
     status, out, err = run_gc(capsys, "--data-dir", str(data_dir), "--dry-run")
     assert status == 0, err
     assert "would remove 1 blobs" in out
@@ -278,7 +279,7 @@ def test_snapshot_of_a_closed_database_makes_no_file(tmp_path: Path) -> None:
     writer.execute("INSERT INTO t VALUES (1)")
     writer.close()
     before = files(source.parent)
-    assert sorted(before) == ["trow.db"]
+    assert sorted(before) == [".", "trow.db"]
     snapshot_database(str(source), str(tmp_path / "copy.db"))
     assert files(source.parent) == before
     assert rows(tmp_path / "copy.db") == [(1,)]

@@ -48,7 +48,7 @@ class GCOptions(usage.Options):
     longdesc = "Remove expired uploads, unreferenced blobs and, above max_size, least recently used cached content."
 
     optParameters = [
-        ["data-dir", None, None, "The data dir of a trow that is not running (with --dry-run, running or not)."],
+        ["data-dir", None, None, "The data dir (of a running trow: with --dry-run only)."],
         ["config", None, None, "trow's YAML config file: gc.grace, gc.upload_expiry, registry_proxies.max_size."],
     ]
     optFlags = [["dry-run", None, "List what would be removed; remove nothing, take no lock."]]

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
 import shutil
 import socket
+import struct
+import termios
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -28,6 +32,9 @@ from tests.integration.conftest import (
 
 BIG_LAYER_SIZE = 1 << 30  # 1 GiB of layer content
 PEAK_RSS_LIMIT = 200 * 10**6  # bytes: "under 200 MB"
+# How far trow may read a blob ahead of a client that reads nothing: the connection's kernel
+# buffers (a few MiB each way on loopback), Twisted's write buffer and a chunk read ahead.
+READ_AHEAD_LIMIT = 64 * MIB
 
 
 def test_multi_layer_image_round_trip(shared_trow: TrowProcess, images: Images, skopeo: Skopeo, tmp_path: Path) -> None:
@@ -126,7 +133,7 @@ def test_slow_reader_keeps_memory_flat(trow_factory: Callable[..., TrowProcess])
         header, _, body = bytes(head).partition(b"\r\n\r\n")
         assert header.startswith(b"HTTP/1.1 200"), header
         # Stall: a server that ignored backpressure would now read the rest into memory.
-        time.sleep(1.0)
+        read_ahead = _stalled_read_position(trow, blob_file(trow, digest), sock, size)
         peak_while_stalled = trow.peak_rss_bytes()
         h = hashlib.sha256(body)
         received = len(body)
@@ -135,4 +142,57 @@ def test_slow_reader_keeps_memory_flat(trow_factory: Callable[..., TrowProcess])
             received += len(data)
     assert received == size
     assert "sha256:" + h.hexdigest() == digest
+    assert read_ahead > 0, "trow never read the blob's file: the test watches the wrong file"
+    assert read_ahead < READ_AHEAD_LIMIT, f"trow read {read_ahead / MIB:.0f} MiB of the blob for a client that read none"
     assert peak_while_stalled < PEAK_RSS_LIMIT, f"trow peaked at {peak_while_stalled / 1e6:.0f} MB for a stalled reader"
+
+
+def blob_file(trow: TrowProcess, digest: str) -> Path:
+    """Where trow keeps a pushed blob (the layout of trow/storage/blobs.py)."""
+    algorithm, hexdigest = digest.split(":", 1)
+    return trow.data_dir / "blobs" / algorithm / hexdigest[:2] / hexdigest
+
+
+def read_position(trow: TrowProcess, path: Path) -> int:
+    """How far trow has read the file C{path}: the offset of its descriptor (0 if not open)."""
+    wanted = os.path.realpath(path)
+    for fd in os.listdir(f"/proc/{trow.pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{trow.pid}/fd/{fd}") != wanted:
+                continue
+            with open(f"/proc/{trow.pid}/fdinfo/{fd}") as info:
+                for line in info:
+                    if line.startswith("pos:"):
+                        return int(line.split()[1])
+        except OSError:  # closed meanwhile
+            continue
+    return 0
+
+
+def _stalled_read_position(trow: TrowProcess, path: Path, sock: socket.socket, size: int, timeout: float = 60.0) -> int:
+    """Wait, while the client reads nothing, until trow has read from C{path} all it is going to,
+    and return how far that is.
+
+    No fixed sleep: trow's reading is watched through its own progress. Each round asks trow for
+    C{/v2/} (one more turn of its reactor, where each chunk read is handed on and the next one
+    started) and looks at how far trow has read the file and how much waits in our receive
+    buffer. When neither moves over three rounds in a row while our buffer holds data, trow has
+    stopped: a server that ignored backpressure moves on at every turn until it has read the whole
+    blob, and is caught there at once.
+    """
+    deadline = time.monotonic() + timeout
+    last: tuple[int, int] | None = None
+    still = 0
+    while True:
+        position = read_position(trow, path)
+        if position >= size:
+            return position  # read to the end for a client that took nothing
+        queued = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, struct.pack("i", 0)))[0]
+        state = (position, queued)
+        still = still + 1 if state == last and queued > 0 else 0
+        if still == 3:
+            return position
+        last = state
+        if time.monotonic() > deadline:
+            pytest.fail(f"trow's read of the blob never came to rest: at {position}, {queued} bytes waiting")
+        assert trow.request("GET", "/v2/").status == 200

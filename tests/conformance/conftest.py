@@ -36,6 +36,7 @@ from urllib.parse import urlencode, urlsplit
 import pytest
 
 from tests.conformance.data import INDEX, MANIFEST, Blob, Content, DataSet, Manifest
+from tests.tools import require_tool
 from tests.unit.harness import Trow, make_trow, result_of
 
 LIVE_URL_VARIABLE = "TROW_CONFORMANCE_URL"
@@ -566,8 +567,7 @@ def live_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if url:
         yield url
         return
-    if shutil.which("twistd") is None:
-        pytest.skip(f"no twistd to start a live trow, and {LIVE_URL_VARIABLE} is not set")
+    require_tool("twistd", "'.[test]'", pip=True, why=f"to start a live trow, {LIVE_URL_VARIABLE} being unset")
     from tests.integration.conftest import TrowProcess
 
     process = TrowProcess(tmp_path_factory.mktemp("conformance-trow"))

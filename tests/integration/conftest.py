@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator, Sequence
 import pytest
 
 from tests.images import OCI_INDEX, Layout, pseudo_random_chunks, sha256_file
+from tests.tools import require_tool
 
 LOOPBACK = "127.0.0.1"
 MIB = 1 << 20
@@ -610,8 +611,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Images:
 
 @pytest.fixture(scope="session")
 def skopeo(tmp_path_factory: pytest.TempPathFactory) -> Skopeo:
-    if shutil.which("skopeo") is None:
-        pytest.skip("skopeo is not installed")
+    require_tool("skopeo", "skopeo")
     return Skopeo(tmp_path_factory.mktemp("skopeo"))
 
 

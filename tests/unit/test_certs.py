@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from OpenSSL import crypto
 
+from tests.tools import require_module
 from trow.certs import MAX_DAYS, main
 from trow.webhook.tls import ReloadingContextFactory
 
@@ -113,7 +114,7 @@ def test_serving_certificate_verifies_against_the_ca(tmp_path: Path, capsys: pyt
     store.add_cert(crypto.load_certificate(crypto.FILETYPE_PEM, ca_pem))
     crypto.X509StoreContext(store, crypto.load_certificate(crypto.FILETYPE_PEM, cert_pem)).verify_certificate()
 
-    verification = pytest.importorskip("cryptography.x509.verification")
+    verification = require_module("cryptography.x509.verification", "'cryptography>=42'")
     verifier = (
         verification.PolicyBuilder()
         .store(verification.Store([load(tmp_path / "ca.crt")]))

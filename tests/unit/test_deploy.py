@@ -26,6 +26,7 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
+from tests.tools import require_module, require_tool
 from trow.certs import make_bundle, write_bundle
 from trow.config import load_config
 from trow.tap import Options
@@ -351,10 +352,10 @@ def test_database_env_is_ignored_by_git() -> None:
     assert generator["envs"] == ["database.env"] and "files" not in generator
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
 @pytest.mark.parametrize("variant", [".", "no-cert-manager", "ha"])
 def test_kubectl_kustomize_agrees(copied_deploy: Path, variant: str) -> None:
     """`kubectl kustomize` renders each installation, to the same objects as this test's kustomize."""
+    require_tool("kubectl", "kubectl")
     directory = copied_deploy / variant
     done = subprocess.run(["kubectl", "kustomize", str(directory)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -466,12 +467,12 @@ def validate(obj: Obj) -> None:
     kinds against CERT_MANAGER_SCHEMAS; any other kind is an error."""
     # Only the schema tests need these packages (kubernetes-validate brings jsonschema); the other
     # tests run without them.
-    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema = require_module("jsonschema", "jsonschema")
     if obj["apiVersion"] == "cert-manager.io/v1":
         assert obj["kind"] in CERT_MANAGER_SCHEMAS, f"no schema for cert-manager kind {obj['kind']}"
         jsonschema.Draft202012Validator(CERT_MANAGER_SCHEMAS[obj["kind"]]).validate(obj)
         return
-    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    kubernetes_validate = require_module("kubernetes_validate", "kubernetes-validate")
     for version in (OLDEST_KUBERNETES, kubernetes_validate.latest_version()):
         try:
             kubernetes_validate.validate(obj, version, strict=True)
@@ -501,7 +502,7 @@ def test_rendered_installations_are_valid(installation: list[Obj]) -> None:
 
 def test_hand_schemas_catch_mistakes(with_cert_manager: list[Obj]) -> None:
     """The hand-written cert-manager schemas refuse a misspelt field and a missing one."""
-    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema = require_module("jsonschema", "jsonschema")
     certificate = copy.deepcopy(one(with_cert_manager, "Certificate", "trow-webhook"))
     certificate["spec"]["dnsName"] = certificate["spec"].pop("dnsNames")
     with pytest.raises(jsonschema.ValidationError):

@@ -712,12 +712,6 @@ def test_a_blob_that_could_not_be_stored_is_fetched_again(tee: Tee, monkeypatch:
     assert again.complete and tee.cached() == DATA and tee.linked(NGINX)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="trow bug: Download._fail marks a verified download whose commit failed complete and "
-    "leaves failure None, so _finish counts it trow_downloads_total{outcome=complete}, which "
-    "trow.metrics documents as 'verified and stored'",
-)
 def test_download_that_could_not_be_stored_is_not_counted_complete(tee: Tee, monkeypatch: pytest.MonkeyPatch) -> None:
     """trow_downloads_total{outcome="complete"} means verified and stored (trow.metrics): a
     download whose commit failed is not one; it counts as failed."""
@@ -760,9 +754,6 @@ def failed_cleanly(tee: Tee, download: Download, reading: Reading) -> None:
 
 
 ANOTHER_START = f"bytes 0-{len(DATA) - 1}/{len(DATA)}"
-UNREADABLE_RANGE = "trow bug: _range_start() gives None for a Content-Range it cannot parse (or none), " \
-    "and Download._fetch only refuses a 206 whose start it could read and that differs from the " \
-    "offset asked; so the body is spliced in at the offset, trusting the digest check alone"
 UNREADABLE = [
     pytest.param("bytes abc-def/xyz", id="malformed"),
     pytest.param(f"bytes */{len(DATA)}", id="unsatisfied-form"),
@@ -779,7 +770,6 @@ def test_resume_answered_with_another_start_fails_cleanly(tee: Tee) -> None:
     failed_cleanly(tee, download, reading)
 
 
-@pytest.mark.xfail(strict=True, reason=UNREADABLE_RANGE)
 @pytest.mark.parametrize("content_range", UNREADABLE)
 def test_resume_answered_with_an_unreadable_content_range_fails_cleanly(tee: Tee, content_range: str | None) -> None:
     """A 206 to our resume whose Content-Range cannot be read (or is missing; RFC 9110 requires
@@ -796,7 +786,7 @@ def test_resume_answered_with_an_unreadable_content_range_fails_cleanly(tee: Tee
 
 @pytest.mark.parametrize("content_range", UNREADABLE)
 def test_an_unreadable_content_range_never_caches_misplaced_bytes(tee: Tee, content_range: str | None) -> None:
-    """The safety net under the bug above: an upstream that answers our resume with a 206
+    """The safety net under the check above: an upstream that answers our resume with a 206
     whose Content-Range cannot be read and sends the blob from its start: whether or not the
     answer is refused at once, the digest check fails the download, the reader never gets a
     whole body, and nothing is cached."""
@@ -812,20 +802,11 @@ def test_an_unreadable_content_range_never_caches_misplaced_bytes(tee: Tee, cont
     assert tee.tmp_files() == []
 
 
-def bad_ranges(another_start_reason: str) -> list[Any]:
-    """Every bad Content-Range, each an expected failure: another start for
-    C{another_start_reason}, the unreadable ones for UNREADABLE_RANGE."""
-    return [
-        pytest.param(ANOTHER_START, id="another-start", marks=pytest.mark.xfail(strict=True, reason=another_start_reason)),
-        *[pytest.param(*p.values, id=p.id, marks=pytest.mark.xfail(strict=True, reason=UNREADABLE_RANGE)) for p in UNREADABLE],
-    ]
+# Every bad Content-Range of a 206 to a resume: another start, or none that can be read.
+BAD_RANGES = [pytest.param(ANOTHER_START, id="another-start"), *UNREADABLE]
 
 
-BAD_RANGE_NOT_COUNTED = "trow bug: Download._fetch raises DownloadFailed for a 206 with another " \
-    "range without counting an upstream error (only the drop before it, as truncated)"
-
-
-@pytest.mark.parametrize("content_range", bad_ranges(BAD_RANGE_NOT_COUNTED))
+@pytest.mark.parametrize("content_range", BAD_RANGES)
 def test_a_bad_resume_answer_is_counted_as_an_upstream_error(tee: Tee, content_range: str | None) -> None:
     """The upstream's misbehaviour shows in trow_upstream_errors_total, besides the drop that
     led to the resume (truncated): a reason of its own (protocol, say), once."""
@@ -838,12 +819,7 @@ def test_a_bad_resume_answer_is_counted_as_an_upstream_error(tee: Tee, content_r
     assert sum(errors.values()) == 1, f"the bad 206 was not counted as an upstream error: {errors}"
 
 
-BAD_RANGE_UNREAD = "trow bug: Download._fetch raises on a 206 with another range without " \
-    "delivering its body anywhere (no discard_body, no stopProducing): twisted keeps that " \
-    "connection paused for ever, so each such answer leaks a connection"
-
-
-@pytest.mark.parametrize("content_range", bad_ranges(BAD_RANGE_UNREAD))
+@pytest.mark.parametrize("content_range", BAD_RANGES)
 def test_a_refused_resume_answer_is_not_left_unread(tee: Tee, content_range: str | None) -> None:
     """The refused 206's body is not left on its connection unread (twisted pauses a response's
     connection until someone takes its body, so a pooled connection would stay stuck): it is

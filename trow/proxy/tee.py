@@ -13,6 +13,7 @@ the rest with C{Range}, a few times, before the download is given up.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from typing import IO, Any, Callable
 
@@ -119,6 +120,8 @@ class Download:
         self._window_bytes = 0
         self.received_end = 0
         self.started_at: float | None = None
+        # Verified, but the blob store could not keep it (disk full).
+        self._not_stored = False
 
     # -- observing ---------------------------------------------------------------------------
 
@@ -341,8 +344,15 @@ class Download:
                 size=self.size,
             )
             response = await self._resume(received)
-            if response.code == 206 and _range_start(response) not in (None, received):
-                raise DownloadFailed(f"upstream answered our Range for {self.digest} with another range")
+            if response.code == 206 and _range_start(response) != received:
+                # A 206 must say where its body starts (RFC 9110): one that does not, or starts
+                # elsewhere, cannot be spliced in. Its body is dropped, so its connection is freed.
+                discard_body(response)
+                self.metrics.upstream_error(self.name.upstream.host, "protocol")
+                found = (response.headers.getRawHeaders("content-range") or ["none"])[0]
+                raise DownloadFailed(
+                    f"upstream answered our Range (from byte {received}) for {self.digest} with Content-Range {found!r}"
+                )
         await self._writer.drain()
         handle.close()
         self._handle = None
@@ -423,11 +433,12 @@ class Download:
     def _fail(self, failure: Failure) -> None:
         if self.verified and not self.complete:
             # Verified bytes that could not be stored (disk full...): the readers still got them
-            # right, the cache just does not keep them.
+            # right, the cache just does not keep them (and the metrics count it failed).
             _log.failure("verified download of {digest} could not be stored", failure, digest=str(self.digest))
             if self.path != self._blobs.path(self.digest):
                 discard_file(self.path)
             self.complete = True
+            self._not_stored = True
         elif self.failure is None and not self.complete:
             self.failure = failure
             if not failure.check(DownloadFailed, UpstreamStatus, UpstreamUnavailable):
@@ -453,8 +464,10 @@ class Download:
                 self._stop_renewing()
                 self._stop_renewing = None
             self._coordinator.release(str(self.digest))
-        if self.failure is None:
+        if self.failure is None and not self._not_stored:
             self.metrics.download_finished("complete")
+        elif self.failure is None:
+            self.metrics.download_finished("failed")
         else:
             self.metrics.download_finished("abandoned" if self._aborted else "failed")
         self._notify()
@@ -473,12 +486,16 @@ def _content_length(response: IResponse) -> int | None:
     return None
 
 
+_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
+
+
 def _range_start(response: IResponse) -> int | None:
+    """Where a 206's body starts, from a well-formed C{Content-Range}; None otherwise."""
     value = (response.headers.getRawHeaders("content-range") or [None])[0]
-    try:
-        return int(str(value).split(" ", 1)[1].split("-", 1)[0])
-    except (IndexError, ValueError):
+    match = _CONTENT_RANGE.match(str(value)) if value is not None else None
+    if match is None or int(match.group(2)) < int(match.group(1)):
         return None
+    return int(match.group(1))
 
 
 def _range_total(response: IResponse) -> int | None:

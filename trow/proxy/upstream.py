@@ -21,6 +21,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 
 import attrs
 import treq
+from hyperlink import EncodedURL
 from publicsuffixlist import PublicSuffixList
 from treq.client import HTTPClient
 from twisted.internet import error as net_error
@@ -140,6 +141,20 @@ def _is_ip(host: str) -> bool:
         return True
     except OSError:
         return False
+
+
+class _LiteralURL(EncodedURL):
+    """A URL that is ASCII already: treq turns URLs into URIs with hyperlink, whose IDNA
+    encoding of the host fails on an IPv6 literal (the colons), so such a URL skips it."""
+
+    def to_uri(self) -> "_LiteralURL":
+        return self
+
+
+def _treq_url(url: str) -> Any:
+    """C{url} as treq may take it: unchanged, or for an IPv6-literal host, a L{_LiteralURL}."""
+    host = urlsplit(url).hostname or ""
+    return _LiteralURL.from_text(url) if ":" in host else url
 
 
 def load_ca_file(path: str) -> list[Certificate]:
@@ -324,7 +339,7 @@ class UpstreamClient:
         try:
             response: IResponse = await self._http(upstream, stream).request(
                 method,
-                url,
+                _treq_url(url),
                 headers={k: [v] for k, v in headers.items()},
                 # Bodies are read by our own bounded readers, never buffered whole by treq.
                 unbuffered=True,

@@ -438,9 +438,11 @@ def test_gc_lock_goes_with_a_dead_replica(opened: Callable[[], PostgresMetadata]
     """A replica that dies holding the lock (its session ends) does not block GC forever."""
     a, b = opened(), opened()
     assert result_of(a.gc_try_lock()) is True
-    sql(
-        pg_url,
-        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()",
-    )
+    [(holder,)] = sql(pg_url, "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted")
+    sql(pg_url, "SELECT pg_terminate_backend(%s)", (holder,))
+    # pg_terminate_backend only signals: the session ends (and its locks go) a moment later.
+    deadline = time.monotonic() + 10
+    while sql(pg_url, "SELECT 1 FROM pg_stat_activity WHERE pid = %s", (holder,)) and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert result_of(b.gc_try_lock()) is True
     result_of(b.gc_unlock())

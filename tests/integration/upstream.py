@@ -57,7 +57,7 @@ ALIAS = "up"
 DEADLINE = 30.0
 
 # 127.0.0.1 - - [28/Nov/2026:04:58:20 +0000] "GET /v2/foo/blobs/sha256:... HTTP/1.1" 200 2 "" "ua"
-_ACCESS_LINE = re.compile(rb'^\S+ \S+ \S+ \[[^\]]*\] "([A-Z]+) (\S+) HTTP/[0-9.]+" (\d{3}) ', re.MULTILINE)
+_ACCESS_LINE = re.compile(rb'^\S+ \S+ \S+ \[[^\]]*\] "([A-Z]+) (\S+) HTTP/[0-9.]+" (\d{3}) (\d+|-) ', re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,8 @@ class Logged:
     method: str
     path: str
     status: int
+    # the response body bytes the registry wrote (for a HEAD: the bytes it would have sent)
+    size: int = 0
 
 
 # -- a real registry ----------------------------------------------------------------------------
@@ -213,7 +215,7 @@ class Distribution:
             handle.seek(since)
             data = handle.read()
         return [
-            Logged(m.group(1).decode(), m.group(2).decode("latin-1"), int(m.group(3)))
+            Logged(m.group(1).decode(), m.group(2).decode("latin-1"), int(m.group(3)), int(m.group(4).replace(b"-", b"0")))
             for m in _ACCESS_LINE.finditer(data)
         ]
 
@@ -222,17 +224,27 @@ class Distribution:
         return sum(1 for r in self.requests(since) if r.method == "GET" and r.path.endswith(f"/blobs/{digest}"))
 
     def wait_for(
-        self, count: Callable[[], int], at_least: int = 1, timeout: float = 30.0, settle: float = 0.5
+        self,
+        count: Callable[[], int],
+        at_least: int = 1,
+        timeout: float = 30.0,
+        settle: float = 0.5,
+        log: "UpstreamLog | None" = None,
     ) -> int:
-        """Wait until C{count()} reaches C{at_least}, then a moment more; returns the final count.
+        """Wait until C{count()} reaches C{at_least}, then until the log holds everything; returns
+        the final count.
 
-        distribution writes an access-log line when it has finished a response, a little after
-        the client has the bytes, hence the wait; the settle time lets a wrong extra request show.
+        With C{log} (an L{UpstreamLog} begun before the requests counted), "everything" is proved:
+        see L{UpstreamLog}. Without it (older callers), it is only a fixed C{settle} time, which a
+        loaded machine can outlast: a wrong extra request may then go unseen.
         """
         deadline = time.monotonic() + timeout
         while count() < at_least and time.monotonic() < deadline:
             time.sleep(0.05)
-        time.sleep(settle)
+        if log is not None:
+            log.settle()
+        else:
+            time.sleep(settle)
         return count()
 
     # -- pushing content (raw HTTP, digests known in advance) -------------------------------
@@ -333,15 +345,118 @@ def cached_blob_path(trow: TrowProcess, digest: str) -> Path:
 
 
 def wait_cached(trow: TrowProcess, digests: Iterable[str], timeout: float = DEADLINE) -> None:
-    """Wait until trow has stored these blobs and its tmp/ is empty, then a moment more.
+    """Wait until trow has stored these blobs, recorded them, and its tmp/ is empty.
 
     A client has every byte of a proxied blob as soon as it is verified; trow makes it durable and
-    records it after that. Tests that stop trow on purpose wait for this first."""
+    records it after that. Tests that stop trow on purpose wait for this first. A download leaves
+    trow's table of downloads (C{/status.json}) only after the blob is committed and linked to its
+    repositories, so no download in flight means that every one of them is recorded."""
     wanted = list(digests)
     assert wait_until(
         lambda: all(cached_blob_path(trow, d).exists() for d in wanted) and trow.tmp_entries() == [], timeout
     ), f"not stored: {[d for d in wanted if not cached_blob_path(trow, d).exists()]}, tmp: {trow.tmp_entries()}"
-    time.sleep(0.5)  # the repository links are written right after the rename
+    wait_idle(trow, timeout)
+
+
+def live_status(trow: TrowProcess) -> dict[str, Any]:
+    """trow's C{/status.json?live=1} (anonymous: with auth on, downloads the visitor may not see
+    still count in C{downloads.count}, and C{cache} is whole)."""
+    response = trow.request("GET", "/status.json?live=1", timeout=DEADLINE)
+    assert response.status == 200, f"/status.json: {response.status} {response.body[:300]!r}"
+    status: dict[str, Any] = response.json()
+    return status
+
+
+def wait_idle(trow: TrowProcess, timeout: float = DEADLINE) -> dict[str, Any]:
+    """Wait until trow has no download in flight; returns its live status at that moment.
+
+    Downloads are the only upstream work trow does on its own, after or beside a client's request
+    (one runs on when its client hangs up); every other upstream request is made while a client
+    request is answered. So once the test's own requests have returned and no download is in
+    flight, trow has had the whole answer to everything it asked upstream, and asks nothing more.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        status = live_status(trow)
+        if status["downloads"]["count"] == 0:
+            return status
+        if time.monotonic() > deadline:
+            pytest.fail(f"trow still has downloads in flight after {timeout:.0f}s: {status['downloads']}")
+        time.sleep(0.02)
+
+
+class UpstreamLog:
+    """What trows asked a L{Distribution} from a point on, read only once its access log provably
+    holds every request they made: no fixed sleep, however loaded the machine.
+
+    Begin one before the requests it is to see (before the trows fetch anything, or with L{next}
+    once the earlier ones are settled): it notes where the log ends and how many body bytes each
+    trow has fetched from upstreams so far (C{cache.bytes_fetched} of C{/status.json}).
+    L{requests} and L{blob_gets} first L{settle}:
+
+      1. every trow is idle (L{wait_idle}): it has the whole answer to every request it sent, and
+         sends nothing more by itself;
+      2. the log's GET lines since the start account for at least the body bytes the trows
+         fetched since then (each line says how many bytes the registry wrote).
+
+    Why that is everything: distribution (Go's net/http under gorilla's access-log handler) writes
+    a request's log line when its handler returns, and Go holds a small response (a few KiB:
+    HEADs, manifests, error bodies) in its buffers until then, so such a line is written before
+    the client gets a byte of the answer. A big body (a blob) is sent while the handler runs, and
+    its line can follow the client's last byte (measured: a third of the time for a 2 MiB blob);
+    but trow counts every body byte it reads, so once the log shows as many bytes as trow
+    fetched, every GET that brought a byte is logged. (Other clients' GETs of the same registry in
+    the window only make condition 2 hold sooner: keep them out of the window.) A trow that is
+    stopped sends nothing; one restarted since the start counts from its restart.
+    """
+
+    def __init__(self, registry: Distribution, *trows: TrowProcess, timeout: float = DEADLINE) -> None:
+        self.registry = registry
+        self.trows = trows
+        self.timeout = timeout
+        self._fetched: dict[int, tuple[int, int]] = {}
+        for trow in trows:
+            if trow.running:
+                status = wait_idle(trow, timeout)
+                self._fetched[id(trow)] = (trow.starts, int(status["cache"]["bytes_fetched"]))
+        self.start = registry.mark()
+
+    def settle(self) -> None:
+        """Wait until the log holds every request the trows made since the start (see above)."""
+        deadline = time.monotonic() + self.timeout
+        fetched = 0
+        for trow in self.trows:
+            if not trow.running:
+                continue
+            status = wait_idle(trow, max(deadline - time.monotonic(), 1.0))
+            starts, before = self._fetched.get(id(trow), (-1, 0))
+            fetched += int(status["cache"]["bytes_fetched"]) - (before if starts == trow.starts else 0)
+        while (logged := self.logged_bytes()) < fetched:
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"trow fetched {fetched} body bytes but the upstream's log shows GETs of only "
+                    f"{logged} after {self.timeout:.0f}s: {self.registry.requests(self.start)}"
+                )
+            time.sleep(0.02)
+
+    def logged_bytes(self) -> int:
+        """The body bytes of the GETs logged since the start."""
+        return sum(r.size for r in self.registry.requests(self.start) if r.method == "GET")
+
+    def requests(self) -> list[Logged]:
+        """Every request logged since the start, once settled."""
+        self.settle()
+        return self.registry.requests(self.start)
+
+    def blob_gets(self, digest: str) -> int:
+        """How many GETs of blob C{digest} (in any repository) since the start, once settled."""
+        self.settle()
+        return self.registry.blob_gets(digest, self.start)
+
+    def next(self) -> "UpstreamLog":
+        """Settle this one, then begin another where it ends (for the same trows)."""
+        self.settle()
+        return UpstreamLog(self.registry, *self.trows, timeout=self.timeout)
 
 
 def wait_until(check: Callable[[], bool], timeout: float = 60.0, interval: float = 0.05) -> bool:
@@ -970,6 +1085,10 @@ class ConnectionCounter:
         self.sock.settimeout(0.2)
         self.port = int(self.sock.getsockname()[1])
         self.accepted = 0
+        self._lock = threading.Lock()
+        # source ports of our own marker connections (never counted), and those accepted so far
+        self._markers: set[int] = set()
+        self._markers_seen: set[int] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -982,11 +1101,43 @@ class ConnectionCounter:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                connection, _ = self.sock.accept()
+                connection, peer = self.sock.accept()
             except (socket.timeout, OSError):
                 continue
-            self.accepted += 1
+            with self._lock:
+                if peer[1] in self._markers:
+                    self._markers_seen.add(peer[1])
+                else:
+                    self.accepted += 1
             connection.close()
+
+    def settled_accepted(self, *trows: TrowProcess, timeout: float = DEADLINE) -> int:
+        """How many connections were made to it, once it is proved that every connection the
+        C{trows} made is counted.
+
+        Each trow is idle first (L{wait_idle}: it tries nothing more by itself); then a marker
+        connection of our own is made, and waited for. The kernel hands a listener its
+        connections in the order they were established (the accept queue is first in, first
+        out), and this listener counts them in the order it accepts them: once the marker is
+        accepted, every connection made before it has been counted. The marker is not counted.
+        """
+        for trow in trows:
+            if trow.running:
+                wait_idle(trow, timeout)
+        marker = socket.socket()
+        try:
+            marker.bind((LOOPBACK, 0))
+            marker_port = int(marker.getsockname()[1])
+            with self._lock:
+                self._markers.add(marker_port)
+            marker.settimeout(timeout)
+            marker.connect((LOOPBACK, self.port))
+            seen = wait_until(lambda: marker_port in self._markers_seen, timeout)
+            assert seen, "the connection counter never accepted the marker connection"
+        finally:
+            marker.close()
+        with self._lock:
+            return self.accepted
 
     def close(self) -> None:
         self._stop.set()

@@ -21,6 +21,7 @@ from tests.integration.upstream import (  # noqa: F401 - fixtures
     Distribution,
     TlsFiles,
     Upstream,
+    UpstreamLog,
     assert_clean_log,
     assert_json_error,
     cached_blob_path,
@@ -67,11 +68,10 @@ def test_skopeo_pulls_an_image_through_an_https_upstream(
     skopeo.pull(ref, f"oci:{tmp_path / 'first'}:multi")
     assert len(assert_same_image(images.layout, "multi", tmp_path / "first", "multi")) == 1 + 1 + 3
 
-    mark = https_upstream.mark()
+    log = UpstreamLog(https_upstream, trow)
     skopeo.pull(ref, f"oci:{tmp_path / 'second'}:multi")
     assert_same_image(images.layout, "multi", tmp_path / "second", "multi")
-    https_upstream.wait_for(lambda: len(https_upstream.requests(mark)))
-    seen = https_upstream.requests(mark)
+    seen = log.requests()
     assert [r for r in seen if r.method == "GET"] == [], f"the second pull reached the upstream: {seen}"
     assert_clean_log(trow)
 
@@ -84,12 +84,12 @@ def test_concurrent_clients_of_a_blob_from_an_https_upstream_cost_one_get(
     assert https_upstream.tls is not None
     blob = upstream.blob_64m
     trow = start_proxy_trow(trow_factory, tmp_path, [https_entry(https_upstream, https_upstream.tls.ca)])
-    mark = https_upstream.mark()
+    log = UpstreamLog(https_upstream, trow)
     path = f"/v2/f/{ALIAS}/big/one/blobs/{blob.digest}"
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda _: get_and_hash(trow, path), range(8)))
     assert results == [(200, blob.digest, blob.size)] * 8
-    assert https_upstream.wait_for(lambda: https_upstream.blob_gets(blob.digest, mark)) == 1
+    assert log.blob_gets(blob.digest) == 1
     assert wait_until(lambda: cached_blob_path(trow, blob.digest).exists())
     assert_clean_log(trow)
 
@@ -102,10 +102,10 @@ def test_an_upstream_certificate_from_another_ca_is_refused(
     other = tls_files(tmp_path / "other-pki")
     blob = upstream.blob_64m
     trow = start_proxy_trow(trow_factory, tmp_path, [https_entry(https_upstream, other.ca)])
-    mark = https_upstream.mark()
+    log = UpstreamLog(https_upstream, trow)
     response = trow.request("GET", f"/v2/f/{ALIAS}/big/one/blobs/{blob.digest}")
     assert_json_error(response, (502, 503), ("UNAVAILABLE", "BLOB_UNKNOWN"))
     assert "certificate" in response.body.decode(errors="replace").lower() or "certificate" in trow.log().lower()
     assert not cached_blob_path(trow, blob.digest).exists()
     # The handshake failed: no HTTP request reached the upstream's access log.
-    assert https_upstream.requests(mark) == []
+    assert log.requests() == []

@@ -36,6 +36,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from tests.tools import require_tool
 from tests.images import OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP, OCI_MANIFEST, pseudo_random_chunks
 from tests.integration.conftest import (
     _LIVE,
@@ -151,9 +152,10 @@ class Distribution:
     def start(self, timeout: float = UPSTREAM_START_TIMEOUT) -> "Distribution":
         """Start the registry and wait until C{/v2/} answers 200."""
         assert not self.running, "the upstream registry is already running"
+        binary = require_tool(REGISTRY_BINARY, "docker-registry", why="the real upstream of the proxy tests")
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [REGISTRY_BINARY, "serve", str(self.config_path)],
+                [binary, "serve", str(self.config_path)],
                 cwd=self.workdir,
                 stdin=subprocess.DEVNULL,
                 stdout=log,

@@ -19,6 +19,7 @@ from tests.integration.conftest import (
     layout_blob,
     parse_response,
 )
+from tests.integration.upstream import wait_until
 
 API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
@@ -233,6 +234,9 @@ def test_a_client_that_sends_the_whole_oversized_body_still_reads_the_413(shared
     chunks = tuple(b"%x\r\n" % len(p) + p + b"\r\n" for p in pieces) + (b"0\r\n\r\n",)
     response, _ = _exchange(shared_trow, head + b"Transfer-Encoding: chunked\r\n\r\n", chunks)
     _assert_manifest_refusal(response, "more than 4194304 bytes")
+    # The part of the chunked body spooled before the refusal is not left in tmp/.
+    spools = lambda: list((shared_trow.data_dir / "tmp").glob("**/body-*"))  # noqa: E731
+    assert wait_until(lambda: not spools(), timeout=10), spools()
 
 
 def test_a_manifest_at_the_limit_is_accepted(shared_trow: TrowProcess) -> None:

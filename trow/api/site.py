@@ -263,7 +263,9 @@ class TrowRequest(server.Request):
             {"size": length, "limit": limit},
             status=413,
         )
-        self.content = _Discard()
+        spooled, self.content = getattr(self, "content", None), _Discard()
+        if spooled is not None and hasattr(spooled, "close"):
+            spooled.close()  # a spool of a chunked body: its temp file goes
         if isinstance(self.channel, TrowChannel):
             self.channel.answer_and_close(self, error, what)
 

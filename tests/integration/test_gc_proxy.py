@@ -48,6 +48,7 @@ from tests.integration.upstream import (
     ALIAS,
     DEADLINE,
     Distribution,
+    UpstreamLog,
     assert_clean_log,
     cached_blob_path,
     proxy_entry,
@@ -474,11 +475,11 @@ def test_quarantine_pull_during_settle_restores_and_kill_loses_nothing(
     trow.start()
     assert quarantined(trow) == [] and trow.tmp_entries() == [], trow.tmp_entries()
     port = metrics_port(trow)
-    mark = registry.mark()
+    log = UpstreamLog(registry, trow)
     pull_raw(trow, older)
     pull_raw(trow, newer)
-    assert registry.wait_for(lambda: registry.blob_gets(newer.layer.digest, mark)) == 1
-    assert sum(registry.blob_gets(b.digest, mark) for b in older.blobs) == 0, registry.requests(mark)
+    assert log.blob_gets(newer.layer.digest) == 1
+    assert sum(log.blob_gets(b.digest) for b in older.blobs) == 0, log.requests()
     wait_gc_passes(port, 2)
     finish_cleanly(trow)
 

@@ -19,6 +19,7 @@ from tests.integration.upstream import (  # noqa: F401 - fixtures
     ALIAS,
     BodyStream,
     Upstream,
+    UpstreamLog,
     assert_clean_log,
     cached_blob_path,
     proxy_entry,
@@ -67,17 +68,17 @@ def test_twelve_cold_clients_over_three_replicas_cost_one_upstream_get(
     bytes, the upstream sees exactly one GET for it, and the blob is stored once for all."""
     blob = upstream.blob_64m
     registry = upstream.registry
-    mark = registry.mark()
+    log = UpstreamLog(registry, *replicas)
     path = blob_path("big/one", blob.digest)
     calls = [lambda trow=trow: get_and_hash(trow, path) for trow in replicas for _ in range(4)]
     results = run_concurrently(calls)
     assert results == [(200, blob.digest, blob.size)] * 12
-    assert registry.wait_for(lambda: registry.blob_gets(blob.digest, mark)) == 1
+    assert log.blob_gets(blob.digest) == 1
     assert wait_until(lambda: cached_blob_path(replicas[0], blob.digest).exists())
     # Stored once, served by every replica with no further upstream request.
     for trow in replicas:
         assert get_and_hash(trow, path) == (200, blob.digest, blob.size)
-    assert registry.blob_gets(blob.digest, mark) == 1
+    assert log.blob_gets(blob.digest) == 1
     for trow in replicas:
         assert_clean_log(trow)
 

@@ -6,6 +6,8 @@ import json
 import os
 import socket
 import struct
+from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -250,3 +252,27 @@ def test_a_manifest_at_the_limit_is_accepted(shared_trow: TrowProcess) -> None:
     )
     # Past the size check: refused for what it says (an empty config descriptor), not its size.
     assert response.status == 400 and response.error_codes() == ["MANIFEST_INVALID"], response
+
+
+def test_a_small_oversized_body_in_one_read_gets_one_answer(trow_factory: Callable[..., TrowProcess], tmp_path: Path) -> None:
+    """With a limit small enough for headers and body to come in one read, the refused request
+    is not handled after its 413 (no second answer), nor is a request pipelined behind it."""
+    config = tmp_path / "limits.yaml"
+    config.write_text("limits:\n  max_manifest_size: 2KiB\n")
+    trow = trow_factory("small-limit", extra_args=["--config", str(config)])
+    body = b"{" + b" " * 3000 + b"}"
+    head = (
+        b"PUT /v2/limits/app/manifests/t HTTP/1.1\r\nHost: trow\r\n"
+        b"Content-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: %d\r\n\r\n" % len(body)
+    )
+    pipelined = b"GET /v2/ HTTP/1.1\r\nHost: trow\r\n\r\n"
+    assert trow.port is not None
+    with socket.create_connection((LOOPBACK, trow.port), timeout=15) as sock:
+        sock.sendall(head + body + pipelined)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    assert received.count(b"HTTP/1.1 ") == 1, received
+    response = parse_response(received)
+    assert response.status == 413 and response.error_codes() == ["SIZE_INVALID"], response
+    assert "limit of 2048 bytes" in response.json()["errors"][0]["message"]

@@ -361,3 +361,29 @@ def test_closing_drops_the_idle_connections(reactor: ThreadCalls, servers: list[
     assert read(reactor, get(reactor, http, url)).received == b"two"
     assert read(reactor, get(reactor, http, url)).received == b"three"
     assert server.connections == 3
+
+
+def test_a_body_reads_on_a_socket_numbered_past_1024(reactor: ThreadCalls, servers: list[ScriptedServer]) -> None:
+    """select() cannot watch a descriptor numbered 1024 or more: a busy trow has such sockets."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(2048, hard), hard))
+    filler = [open("/dev/null") for _ in range(1100)]
+    try:
+        blob = b"f" * (3 * PIECE)
+        server = serve(servers, [fixed(blob)])
+        body = read(reactor, get(reactor, client(reactor), f"http://127.0.0.1:{server.port}/b"))
+        assert body.received == blob and body.reason is not None and body.reason.check(ResponseDone)
+    finally:
+        for handle in filler:
+            handle.close()
+
+
+def test_a_url_the_thread_cannot_parse_fails_the_request(reactor: ThreadCalls) -> None:
+    """Whatever goes wrong on the request's thread, the caller hears of it (never a hang)."""
+    results: list[Any] = []
+    client(reactor).request("GET", object()).addBoth(results.append)  # type: ignore[arg-type]
+    reactor.run_until(lambda: bool(results))
+    assert isinstance(results[0], Failure)

@@ -238,8 +238,23 @@ def test_an_upstream_error_and_the_breaker_show(tmp_path: Path) -> None:
     assert r.code >= 500
     [docker, ghcr] = site.status()["upstreams"]
     assert (docker["host"], docker["alias"], ghcr["host"]) == ("docker.io", "docker", "ghcr.io")
-    assert docker["last_error"].startswith("answered 500") and "/v2/library/alpine/manifests/3" in docker["last_error"]
+    assert docker["last_error"] == "answered 500 Internal Server Error to a HEAD"
     assert docker["state"] == "up" and ghcr["last_error"] is None
+
+
+def test_upstream_errors_name_no_repository(tmp_path: Path) -> None:
+    """Anyone may see the upstreams' health, even under anonymous: none: an error there never
+    quotes the path it was about (it names a private repository and tag), however it came."""
+    site = Site(tmp_path, auth={"anonymous": "none", "rules": [{"users": ["alice"], "repositories": ["f/"], "actions": ["pull"]}]})
+    site.cache.fake.status = 500
+    assert site.client.get("/v2/f/docker/acme-secret/payroll/manifests/v9-internal", headers=basic("alice", "alice-pw")).code >= 500
+    upstream = site.cache.proxy.directory.upstream("docker.io")
+    # An error text that quotes a URL (a timeout, say): its path goes.
+    site.cache.upstream._mark_down(upstream, "TimeoutError: GET https://registry-1.docker.io/v2/acme-secret/payroll/blobs/sha256:0 took too long")
+    anonymous = site.client.get("/status.json").body + site.client.get("/", headers=HTML).body
+    assert b"acme-secret" not in anonymous and b"payroll" not in anonymous and b"v9-internal" not in anonymous
+    [docker, _] = site.status()["upstreams"]
+    assert "https://registry-1.docker.io/..." in docker["last_error"]
 
 
 def test_anonymous_visitors_see_no_repository_names_under_anonymous_none(tmp_path: Path) -> None:

@@ -165,8 +165,11 @@ class TrowRequest(server.Request):
         self._ended = False
         # (bytes, what) for a body the API caps (a manifest, the login form), else None.
         self._body_limit: tuple[int, str] | None = None
+        self._answered_early = False
 
     def process(self) -> None:
+        if self._answered_early:
+            return  # refused from its headers (413) and answered already: the body is not handled
         # Headers every response of this site carries, errors and health checks included.
         for name, value in getattr(getattr(self.channel, "site", None), "default_headers", ()):
             self.setHeader(name, value)
@@ -182,13 +185,14 @@ class TrowRequest(server.Request):
     def _cors(self, allowed: tuple[str, ...]) -> bool:
         """Trow's --cors: let the browsers of the C{allowed} origins read the answers, with
         credentials; answer their preflights (True) for GET, POST and OPTIONS."""
+        # Whether an answer carries CORS headers depends on Origin: caches must know it.
+        self.setHeader("Vary", "Origin")
         origin = self.getHeader("Origin")
-        if not origin or (origin.rstrip("/") not in allowed and "*" not in allowed):
+        if not origin or origin.rstrip("/").lower() not in allowed:
             return False
         # With credentials the origin is named, never "*" (browsers refuse that).
         self.setHeader("Access-Control-Allow-Origin", origin)
         self.setHeader("Access-Control-Allow-Credentials", "true")
-        self.setHeader("Vary", "Origin")
         self.setHeader("Access-Control-Expose-Headers", CORS_EXPOSED)
         if self.method != b"OPTIONS" or not self.getHeader("Access-Control-Request-Method"):
             return False
@@ -263,6 +267,7 @@ class TrowRequest(server.Request):
             {"size": length, "limit": limit},
             status=413,
         )
+        self._answered_early = True
         spooled, self.content = getattr(self, "content", None), _Discard()
         if spooled is not None and hasattr(spooled, "close"):
             spooled.close()  # a spool of a chunked body: its temp file goes
@@ -346,7 +351,14 @@ class TrowChannel(http.HTTPChannel):
             self._progress = MIN_PROGRESS
         super().dataReceived(data)
 
+    def rawDataReceived(self, data: bytes) -> None:
+        if self._refusing:
+            return  # answered and closing: the rest of this read (a body, a pipelined request) is dropped
+        super().rawDataReceived(data)
+
     def lineReceived(self, line: bytes) -> None:
+        if self._refusing:
+            return
         self._header_bytes += len(line) + 2
         if self._header_bytes > self.max_header_size:
             self._refuse(b"431 Request Header Fields Too Large", "max_header_size")

@@ -87,10 +87,10 @@ class ThreadedHTTP:
     # -- on the request's thread ---------------------------------------------------------------
 
     def _run(self, method: str, url: str, headers: dict[str, str], timeout: float, started: "Deferred[ThreadedResponse]") -> None:
-        parts = urlsplit(url)
-        key = (parts.scheme, parts.netloc)
-        path = parts.path + ("?" + parts.query if parts.query else "")
         try:
+            parts = urlsplit(url)
+            key = (parts.scheme, parts.netloc)
+            path = parts.path + ("?" + parts.query if parts.query else "")
             conn, response = self._send(key, parts.hostname or "", parts.port, method, path, headers, timeout)
         except BaseException as e:  # noqa: B036 - whatever it is, the reactor must hear of it
             self._reactor.callFromThread(started.errback, Failure(_network_error(e)))
@@ -370,8 +370,10 @@ class _Body:
             return False
         if isinstance(sock, ssl.SSLSocket) and sock.pending():
             return True  # decrypted, in OpenSSL's buffer
-        readable, _, _ = select.select([sock], [], [], 0)
-        return bool(readable)
+        # poll, not select: select cannot watch a descriptor numbered 1024 or more.
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
 
 
 def _network_error(e: BaseException) -> OSError:

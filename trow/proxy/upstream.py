@@ -47,6 +47,8 @@ from trow.registry.manifests import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI
 _log = Logger()
 
 USER_AGENT = f"trow/{__version__} (pull-through cache)"
+# A URL's path, as error messages may quote it (kept: the scheme and host).
+_URL_PATH = re.compile(r"((?:https?://[^/\s'\"]+)?)/v2/[^\s'\"]*")
 
 # Everything trow can store, so the upstream never down-converts (HEAD must see the real digest).
 MANIFEST_ACCEPT = ", ".join([OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST])
@@ -306,6 +308,8 @@ class UpstreamClient:
         )
 
     def _note_error(self, upstream: Upstream, message: str) -> None:
+        # Whatever the message quotes of a URL, its path names a repository: not kept.
+        message = _URL_PATH.sub(lambda m: m.group(1) + "/...", message)
         self._last_error[upstream.host] = (message[:500], self._clock.seconds())
 
     def _mark_down(self, upstream: Upstream, why: str) -> None:
@@ -339,7 +343,7 @@ class UpstreamClient:
         try:
             response: IResponse = await self._http(upstream, stream).request(
                 method,
-                _treq_url(url),
+                url if stream else _treq_url(url),  # the stream client parses it with urllib
                 headers={k: [v] for k, v in headers.items()},
                 # Bodies are read by our own bounded readers, never buffered whole by treq.
                 unbuffered=True,
@@ -361,7 +365,8 @@ class UpstreamClient:
             self.metrics.upstream_error(upstream.host, "status")
             if response.code != 404:  # a missing image is the client's news, not the upstream's
                 phrase = response.phrase.decode("latin-1", "replace") if isinstance(response.phrase, bytes) else str(response.phrase)
-                self._note_error(upstream, f"answered {response.code} {phrase} to {method} {urlsplit(url).path}")
+                # No path: it names a repository, and the status page shows this to anyone.
+                self._note_error(upstream, f"answered {response.code} {phrase} to a {method}")
         return response
 
     async def _refuse_private(self, upstream: Upstream, hostname: str) -> None:

@@ -244,14 +244,17 @@ def check_tls(value: str) -> tuple[str, str]:
     return cert, key
 
 
-def check_cors(value: str) -> tuple[str, ...]:
-    """Trow's C{--cors}: comma-separated origins (C{https://ui.example.com}, or C{*} for any)."""
-    origins = tuple(o.strip().rstrip("/") for o in value.split(",") if o.strip())
+def check_cors(values: list[str]) -> tuple[str, ...]:
+    """Trow's C{--cors} (repeatable): comma-separated origins such as C{https://ui.example.com},
+    in lower case as browsers send them."""
+    origins = tuple(o.strip().rstrip("/").lower() for value in values for o in value.split(",") if o.strip())
     if not origins:
         fail("--cors: give the allowed origins, comma-separated (e.g. --cors https://ui.example.com)")
     for origin in origins:
         if origin == "*":
-            continue
+            # Trow refuses it too: with credentials allowed, any website could read the registry
+            # with its visitors' credentials.
+            fail("--cors: '*' is not allowed with credentials (any website could then read the registry as its visitor); name the origins")
         scheme, sep, rest = origin.partition("://")
         if scheme not in ("http", "https") or not sep or not rest or "/" in rest:
             fail(f"--cors: {origin!r} is not an origin; write scheme://host[:port], e.g. https://ui.example.com")
@@ -281,7 +284,6 @@ class Options(usage.Options):
         ],
         ["peer-url", None, None, "URL the other replicas reach this one at (with --database)."],
         ["tls", None, None, "Trow's: serve the registry over HTTPS with CERT,KEY (bare --tls: " + DEFAULT_TLS + ")."],
-        ["cors", None, None, "Trow's: comma-separated origins whose browsers may call the registry (credentials allowed)."],
     ]
     optFlags = [
         ["dry-run", None, "Validate options and config, print the effective settings, exit."],
@@ -292,6 +294,7 @@ class Options(usage.Options):
         self["listen"] = []
         self["webhook-listen"] = []
         self["bind"] = []
+        self["cors"] = []
 
     def opt_listen(self, description: str) -> None:
         """Endpoint description for the registry API, e.g. tcp:8000 or ssl:8443:privateKey=...
@@ -311,6 +314,11 @@ class Options(usage.Options):
         """Trow's way to write --listen: IP[:PORT] (port 8000 when missing; [::] is dual-stack)."""
         self["bind"].append(address)
 
+    def opt_cors(self, origins: str) -> None:
+        """Trow's: comma-separated origins whose browsers may call the registry (credentials
+        allowed; repeatable)."""
+        self["cors"].append(origins)
+
     def opt_name(self, name: str) -> None:
         """Trow's long form of -n: alias of --hostname."""
         self["hostname"] = name
@@ -319,6 +327,9 @@ class Options(usage.Options):
         if options is None:
             options = sys.argv[1:]
         # Trow's --tls takes its value only after "=", and may have none: getopt cannot say that.
+        for arg, after in zip(options, list(options[1:]) + [""]):
+            if arg == "--tls" and "," in after and not after.startswith("-"):
+                fail(f"--tls takes its files after '=': --tls={after}")
         options = ["--tls=" + DEFAULT_TLS if arg == "--tls" else arg for arg in options]
         try:
             super().parseOptions(options)
@@ -333,7 +344,7 @@ class Options(usage.Options):
         tls = check_tls(self["tls"]) if self["tls"] is not None else None
         if tls is not None and self["listen"]:
             fail("--tls serves --bind (or the default port 8000) over HTTPS; with --listen, give an ssl: endpoint instead")
-        cors = check_cors(self["cors"]) if self["cors"] is not None else ()
+        cors = check_cors(self["cors"]) if self["cors"] else ()
         if self["bind"]:
             listen: tuple[str, ...] = (bind_endpoint(self["bind"][0], tls),)
         elif tls is not None:

@@ -264,5 +264,7 @@ def test_cors_lets_the_named_origins_in(trow_factory: Callable[..., TrowProcess]
     assert allowed.header("Vary") == "Origin"
     other = trow.request("GET", "/v2/", headers=[("Origin", "https://evil.example")])
     assert other.status == 200 and other.header("Access-Control-Allow-Origin") is None
+    # Caches must know the answer depends on Origin, also when a request sent none.
+    assert other.header("Vary") == "Origin" and trow.request("GET", "/v2/").header("Vary") == "Origin"
     refused = trow.request("OPTIONS", "/v2/_catalog", headers=[("Origin", "https://evil.example"), ("Access-Control-Request-Method", "GET")])
     assert refused.header("Access-Control-Allow-Origin") is None and refused.status != 204

@@ -409,7 +409,14 @@ def test_a_certificate_pair_that_does_not_load_is_one_line(capsys: pytest.Captur
 
 
 def test_cors_origins(capsys: pytest.CaptureFixture[str], data_dir: str) -> None:
-    outcome = parse(capsys, "-d", data_dir, "--cors", "https://ui.example.com, http://localhost:3000/")
-    assert outcome.options.settings.cors == ("https://ui.example.com", "http://localhost:3000")
+    outcome = parse(capsys, "-d", data_dir, "--cors", "https://UI.example.com, http://localhost:3000/", "--cors", "https://b.example")
+    # Lower case, as browsers send them; a repeated --cors adds to the list.
+    assert outcome.options.settings.cors == ("https://ui.example.com", "http://localhost:3000", "https://b.example")
     assert_one_line_error(parse(capsys, "-d", data_dir, "--cors", "ui.example.com"), "not an origin")
     assert_one_line_error(parse(capsys, "-d", data_dir, "--cors", ","), "allowed origins")
+    # Any origin with credentials would let every website read the registry as its visitor.
+    assert_one_line_error(parse(capsys, "-d", data_dir, "--cors", "*"), "'*' is not allowed")
+
+
+def test_tls_with_its_files_after_a_space_says_how_to_write_it(capsys: pytest.CaptureFixture[str], data_dir: str) -> None:
+    assert_one_line_error(parse(capsys, "-d", data_dir, "--tls", "cert.pem,key.pem"), "--tls=cert.pem,key.pem")

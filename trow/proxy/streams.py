@@ -202,6 +202,7 @@ class _Body:
         # On the thread: read the body from the socket itself (see _next_piece), into this.
         self._direct = False
         self._buffer: memoryview | None = None
+        self._poller: select.poll | None = None
         self._ended: Failure | None = None
 
     # -- on the reactor ------------------------------------------------------------------------
@@ -370,10 +371,12 @@ class _Body:
             return False
         if isinstance(sock, ssl.SSLSocket) and sock.pending():
             return True  # decrypted, in OpenSSL's buffer
-        # poll, not select: select cannot watch a descriptor numbered 1024 or more.
-        poller = select.poll()
-        poller.register(sock, select.POLLIN)
-        return bool(poller.poll(0))
+        # poll, not select: select cannot watch a descriptor numbered 1024 or more. One poller
+        # per body: this runs once per TLS record.
+        if self._poller is None:
+            self._poller = select.poll()
+            self._poller.register(sock, select.POLLIN)
+        return bool(self._poller.poll(0))
 
 
 def _network_error(e: BaseException) -> OSError:

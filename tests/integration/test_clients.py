@@ -32,6 +32,7 @@ from tests.integration.upstream import (  # noqa: F401 - fixtures
     ALIAS,
     DEADLINE,
     Upstream,
+    UpstreamLog,
     assert_clean_log,
     proxy_entry,
     start_proxy_trow,
@@ -80,14 +81,15 @@ def sha256(data: bytes) -> str:
 
 def wait_for_blobs(trow: TrowProcess, prefix: str, digests: list[str]) -> list[Access]:
     """Wait until trow's log shows each blob fetched (GET, 200) under C{/v2/<prefix>/blobs/}
-    (trow logs a request just after its last byte went out); returns every request logged."""
+    (trow logs a request just after its last byte went out); returns every registry API
+    request logged (not the tests' own looks at /status.json)."""
 
     def missing() -> list[str]:
         served = {a.path for a in trow_access(trow) if a.method == "GET" and a.status == 200}
         return [d for d in digests if f"/v2/{prefix}/blobs/{d}" not in served]
 
     wait_until(lambda: not missing(), DEADLINE)
-    accesses = trow_access(trow)
+    accesses = [a for a in trow_access(trow) if a.path.startswith("/v2/")]
     assert not missing(), f"never served under {prefix}: {missing()}; requests: {accesses}"
     return accesses
 
@@ -166,14 +168,15 @@ def test_podman_pulls_through_registries_conf_mirror(
     podman.mirror(prefix=registry.host, location=registry.host, mirror=f"{proxy_trow.host}/f/{ALIAS}")
     digest = images.refs["multi"]["digest"]
     blobs = image_blobs(images, digest)
-    mark = registry.mark()
+    log = UpstreamLog(registry, proxy_trow)
+    mark = log.start
 
     ref = f"{registry.host}/{repo}:multi"
     assert "sha256:" + podman.pull(ref) == blobs[0]
     assert podman.inspect(ref)["Digest"] == digest
     accesses = wait_for_blobs(proxy_trow, f"f/{ALIAS}/{repo}", blobs)
     assert ("GET", f"/v2/f/{ALIAS}/{repo}/manifests/multi", 200) in [(a.method, a.path, a.status) for a in accesses]
-    registry.wait_for(lambda: sum(1 for r in registry.requests(mark) if "/blobs/" in r.path), at_least=len(blobs))
+    registry.wait_for(lambda: sum(1 for r in registry.requests(mark) if "/blobs/" in r.path), at_least=len(blobs), log=log)
     seen = upstream_agents(registry, mark)
     assert seen, "the upstream logged no request"
     around = [r for r in seen if r[2].startswith("containers/")]
@@ -238,7 +241,8 @@ def test_containerd_pulls_through_hosts_toml_mirror_with_ns(
     )
     digest = images.refs["multi"]["digest"]
     blobs = image_blobs(images, digest)
-    mark = registry.mark()
+    log = UpstreamLog(registry, proxy_trow)
+    mark = log.start
 
     ref = f"{registry.host}/{repo}:multi"
     containerd.pull(ref, "--hosts-dir", str(hosts_dir), "--platform", "linux/amd64")
@@ -251,7 +255,7 @@ def test_containerd_pulls_through_hosts_toml_mirror_with_ns(
     manifests = {(a.method, a.path) for a in accesses if "/manifests/" in a.path}
     assert manifests & {("HEAD", f"/v2/{repo}/manifests/multi"), ("GET", f"/v2/{repo}/manifests/multi")}, accesses
     # trow fetched them upstream (the log line comes once the response is complete) ...
-    registry.wait_for(lambda: sum(1 for r in registry.requests(mark) if "/blobs/" in r.path), at_least=len(blobs))
+    registry.wait_for(lambda: sum(1 for r in registry.requests(mark) if "/blobs/" in r.path), at_least=len(blobs), log=log)
     # ... and containerd did not fall back to the upstream: no request there in its name.
     seen = upstream_agents(registry, mark)
     assert seen, "the upstream logged no request"

@@ -90,7 +90,8 @@ def test_followers_finish_when_the_leader_is_killed(replicas: list[TrowProcess],
     The blob ends up cached."""
     blob = upstream.blob_200m
     registry = upstream.registry
-    mark = registry.mark()
+    log = UpstreamLog(registry, *replicas)  # the leader, once killed, counts no more
+    mark = log.start
     leader, *followers = replicas
     path = blob_path("big/two", blob.digest)
     first = BodyStream(leader.port or 0, path)
@@ -109,7 +110,7 @@ def test_followers_finish_when_the_leader_is_killed(replicas: list[TrowProcess],
         assert (stream.received, stream.digest) == (blob.size, blob.digest)
     assert wait_until(lambda: cached_blob_path(followers[0], blob.digest).exists())
     # One GET by the leader, one resumed GET by the replica that took over (a Range request).
-    gets = registry.wait_for(lambda: registry.blob_gets(blob.digest, mark), at_least=2)
+    gets = registry.wait_for(lambda: registry.blob_gets(blob.digest, mark), at_least=2, log=log)
     assert 2 <= gets <= 3, f"{gets} upstream GETs"
     logs = "".join(trow.log() for trow in followers)
     assert "took over the download of " + blob.digest in logs

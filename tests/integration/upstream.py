@@ -230,23 +230,17 @@ class Distribution:
         count: Callable[[], int],
         at_least: int = 1,
         timeout: float = 30.0,
-        settle: float = 0.5,
-        log: "UpstreamLog | None" = None,
+        *,
+        log: "UpstreamLog",
     ) -> int:
-        """Wait until C{count()} reaches C{at_least}, then until the log holds everything; returns
-        the final count.
-
-        With C{log} (an L{UpstreamLog} begun before the requests counted), "everything" is proved:
-        see L{UpstreamLog}. Without it (older callers), it is only a fixed C{settle} time, which a
-        loaded machine can outlast: a wrong extra request may then go unseen.
-        """
+        """Wait until C{count()} reaches C{at_least}, then until C{log} (an L{UpstreamLog} begun
+        before the requests counted) proves it holds everything; returns the final count. No
+        fixed settle time: a loaded machine can outlast any, and a wrong extra request would
+        then go unseen."""
         deadline = time.monotonic() + timeout
         while count() < at_least and time.monotonic() < deadline:
             time.sleep(0.05)
-        if log is not None:
-            log.settle()
-        else:
-            time.sleep(settle)
+        log.settle()
         return count()
 
     # -- pushing content (raw HTTP, digests known in advance) -------------------------------

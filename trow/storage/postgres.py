@@ -171,6 +171,17 @@ MIGRATIONS.append(
 )
 MIGRATIONS.append(
     (
+        7,
+        [
+            # The status page: a repository's most recently set tags, and the upload sessions
+            # written to last, read from an index instead of sorting every row.
+            "CREATE INDEX tags_updated ON tags (repo, updated)",
+            "CREATE INDEX uploads_updated ON uploads (updated)",
+        ],
+    )
+)
+MIGRATIONS.append(
+    (
         5,
         [
             # Which replica is writing an upload session's next chunk (see SqlMetadata.claim_upload).

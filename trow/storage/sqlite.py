@@ -50,10 +50,13 @@ CREATE TABLE IF NOT EXISTS tags (
     PRIMARY KEY (repo, tag)
 );
 CREATE INDEX IF NOT EXISTS tags_digest ON tags (repo, digest);
+-- The status page: a repository's most recently set tags, the upload sessions written to last.
+CREATE INDEX IF NOT EXISTS tags_updated ON tags (repo, updated);
 CREATE TABLE IF NOT EXISTS uploads (
     uuid TEXT PRIMARY KEY, repo TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL,
     size INTEGER NOT NULL DEFAULT 0, writer TEXT
 );
+CREATE INDEX IF NOT EXISTS uploads_updated ON uploads (updated);
 -- Garbage collection (trow.registry.gc). All IF NOT EXISTS: older data dirs gain them on open.
 -- gc_access: when proxied content was last read. gc_links: when each link was last made (an
 -- INSERT OR IGNORE of an existing link leaves repo_blobs.created alone, so a re-push would not

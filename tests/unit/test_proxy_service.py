@@ -774,3 +774,16 @@ def test_a_digest_stored_by_a_concurrent_pull_meanwhile_is_served(cache: Cache, 
     monkeypatch.setattr(cache.proxy.local, "get_manifest", looked_too_early)
     assert get(cache, digest).content == content
     assert methods(cache) == []
+
+
+def test_api_a_download_that_fails_before_its_first_byte_is_a_502(cache: Cache) -> None:
+    """A client whose download failed verification before any byte of the answer left (a small
+    blob: the reader holds back the last byte until the digest checks out) gets an OCI error,
+    not a connection cut with no answer."""
+    data = b"the real layer" * 50
+    digest = cache.fake.add_blob(data)
+    cache.fake.serve_instead[digest] = b"X" * len(data)
+    r = cache.api.get(f"/v2/f/docker/nginx/blobs/{digest}")
+    assert r.code == 502 and r.error_code() == "UNAVAILABLE", (r.code, r.body)
+    assert digest in r.json()["errors"][0]["message"] and r.header("Docker-Content-Digest") is None
+    assert cache.trow.stores.blobs.size(Digest.parse(digest)) is None

@@ -394,6 +394,16 @@ class RegistryAPI:
             if on_sent is not None:
                 on_sent(length)
         except Exception as e:
+            if not request.startedWriting:  # type: ignore[attr-defined]
+                # Nothing of the answer has left yet (the download failed before its first
+                # byte reached this client): an OCI error says what happened.
+                for name in headers:
+                    request.responseHeaders.removeHeader(name)
+                _log.warn("answering {path} 502: {why}", path=request.path.decode("latin-1"), why=str(e))
+                return send_error(
+                    request,
+                    RegistryError("UNAVAILABLE", f"blob {source.digest} is not cached and its download failed: {e}", status=502),
+                )
             # The content went bad mid-stream (a proxied download failed verification): the
             # headers are gone, so cut the connection; the client sees a truncated body.
             _log.warn("cutting {path}: {why}", path=request.path.decode("latin-1"), why=str(e))

@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -31,7 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tests.integration.conftest import _LIVE, TrowProcess
+from tests.integration.conftest import _LIVE, TrowProcess, terminate
 from tests.integration.upstream import Distribution
 
 CLIENT_TIMEOUT = 120.0
@@ -263,16 +262,7 @@ class Containerd:
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is None:
-            return
-        _LIVE.discard(process)
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        terminate(process)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

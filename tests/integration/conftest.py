@@ -58,6 +58,21 @@ TWIST = _script("twist")
 _LIVE: set[subprocess.Popen[bytes]] = set()
 
 
+def terminate(process: "subprocess.Popen[bytes] | None", timeout: float = 10.0) -> None:
+    """Stop a helper process of the tests (a registry, containerd): SIGTERM, then SIGKILL if it
+    lingers past C{timeout}; forget it."""
+    if process is None:
+        return
+    _LIVE.discard(process)
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 @atexit.register
 def _kill_leftovers() -> None:
     for process in list(_LIVE):

@@ -13,9 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Callable, Iterator
 
-import pytest
 
 from tests.images import OCI_INDEX, OCI_MANIFEST
 from tests.integration.clients import (  # noqa: F401 - fixtures
@@ -34,25 +32,12 @@ from tests.integration.upstream import (  # noqa: F401 - fixtures
     Upstream,
     UpstreamLog,
     assert_clean_log,
-    proxy_entry,
-    start_proxy_trow,
+    proxy_trow,
     upstream,
     wait_until,
 )
 
 ACCEPT_MANIFESTS = ", ".join([OCI_MANIFEST, OCI_INDEX, "application/vnd.docker.distribution.manifest.v2+json"])
-
-
-@pytest.fixture
-def proxy_trow(
-    request: pytest.FixtureRequest, trow_factory: Callable[..., TrowProcess], tmp_path: Path, upstream: Upstream
-) -> Iterator[TrowProcess]:
-    """A trow of this test's own (nothing cached yet) proxying the session upstream as C{up}.
-    Its log must show no error, unless the test is a known bug (xfail)."""
-    trow = start_proxy_trow(trow_factory, tmp_path, [proxy_entry(upstream.registry.host)])
-    yield trow
-    if request.node.get_closest_marker("xfail") is None:
-        assert_clean_log(trow)
 
 
 # -- what the session images hold ---------------------------------------------------------------

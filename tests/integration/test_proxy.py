@@ -44,6 +44,7 @@ from tests.integration.upstream import (  # noqa: F401 - fixtures
     cached_blob_path,
     private_upstream,
     proxy_entry,
+    proxy_trow,
     start_proxy_trow,
     upstream,
     wait_cached,
@@ -59,18 +60,6 @@ ACCEPT_ALL = ", ".join(
         "application/vnd.docker.distribution.manifest.v2+json",
     ]
 )
-
-
-@pytest.fixture
-def proxy_trow(
-    request: pytest.FixtureRequest, trow_factory: Callable[..., TrowProcess], tmp_path: Path, upstream: Upstream
-) -> Iterator[TrowProcess]:
-    """A trow of this test's own (so nothing is cached yet) proxying the session upstream as C{up}.
-    Its log must show no error, unless the test is a known bug (xfail)."""
-    trow = start_proxy_trow(trow_factory, tmp_path, [proxy_entry(upstream.registry.host)])
-    yield trow
-    if request.node.get_closest_marker("xfail") is None:
-        assert_clean_log(trow)
 
 
 def manifest_path(repo: str, reference: str) -> str:

@@ -7,6 +7,7 @@ from typing import Callable, Iterator
 import psycopg
 import pytest
 from psycopg import sql
+from twisted.logger import LogEvent, globalLogPublisher
 
 from tests.postgres import PostgresServer
 from tests.unit.harness import Trow, make_trow
@@ -18,6 +19,15 @@ def trow(tmp_path) -> Iterator[Trow]:  # type: ignore[no-untyped-def]
     instance = make_trow(str(tmp_path / "data"))
     yield instance
     instance.stores.metadata.close()
+
+
+@pytest.fixture
+def logged() -> Iterator[list[LogEvent]]:
+    """Every log event emitted during the test."""
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tests.integration.conftest import _LIVE, TrowProcess, terminate
+from tests.integration.conftest import TrowProcess, spawn, terminate
 from tests.integration.upstream import Distribution
 
 CLIENT_TIMEOUT = 120.0
@@ -241,14 +241,7 @@ class Containerd:
         )
 
     def start(self, timeout: float = CONTAINERD_START_TIMEOUT) -> "Containerd":
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [self.containerd, "--config", str(self.config)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        _LIVE.add(self.process)
+        self.process = spawn([self.containerd, "--config", str(self.config)], self.log_path)
         deadline = time.monotonic() + timeout
         while True:
             if self.process.poll() is not None:

@@ -58,6 +58,15 @@ TWIST = _script("twist")
 _LIVE: set[subprocess.Popen[bytes]] = set()
 
 
+def spawn(argv: Sequence[str], log_path: Path, cwd: Path | None = None) -> "subprocess.Popen[bytes]":
+    """Start a helper process of the tests (a registry, containerd), its output appended to
+    C{log_path}; it is killed at exit if a test left it running (see L{terminate})."""
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(list(argv), cwd=cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    _LIVE.add(process)
+    return process
+
+
 def terminate(process: "subprocess.Popen[bytes] | None", timeout: float = 10.0) -> None:
     """Stop a helper process of the tests (a registry, containerd): SIGTERM, then SIGKILL if it
     lingers past C{timeout}; forget it."""

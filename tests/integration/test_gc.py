@@ -138,13 +138,7 @@ def test_gc_removes_the_orphan_and_the_stale_upload_and_keeps_the_image(
     assert os.listdir(trow.data_dir / "tmp") == []
 
     trow.start()
-    response = trow.request("GET", "/v2/team/app/manifests/v1", headers=[("Accept", OCI_MANIFEST)])
-    assert response.status == 200 and response.body == made["manifest"]
-    blobs = made["blobs"]
-    assert isinstance(blobs, dict)
-    for value, data in blobs.items():
-        got = trow.request("GET", f"/v2/team/app/blobs/{value}")
-        assert got.status == 200 and got.body == data
+    assert_serves_the_image(trow, made)
     assert trow.request("GET", f"/v2/team/scratch/blobs/{orphan}").status == 404
     assert trow.request("GET", str(made["session"])).status == 404
     trow.stop_cleanly()

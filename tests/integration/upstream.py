@@ -38,7 +38,6 @@ import pytest
 from tests.tools import require_tool
 from tests.images import OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP, OCI_MANIFEST, pseudo_random_chunks
 from tests.integration.conftest import (
-    _LIVE,
     LOOPBACK,
     MIB,
     Images,
@@ -47,6 +46,7 @@ from tests.integration.conftest import (
     TrowProcess,
     free_port,
     layout_blob,
+    spawn,
     terminate,
     walk_image,
 )
@@ -153,15 +153,7 @@ class Distribution:
         """Start the registry and wait until C{/v2/} answers 200."""
         assert not self.running, "the upstream registry is already running"
         binary = require_tool(REGISTRY_BINARY, "docker-registry", why="the real upstream of the proxy tests")
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [binary, "serve", str(self.config_path)],
-                cwd=self.workdir,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        _LIVE.add(self.process)
+        self.process = spawn([binary, "serve", str(self.config_path)], self.log_path, cwd=self.workdir)
         deadline = time.monotonic() + timeout
         while True:
             if self.process.poll() is not None:

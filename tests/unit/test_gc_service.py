@@ -10,7 +10,7 @@ from typing import Any, Iterator
 
 import pytest
 from twisted.internet.defer import Deferred, fail
-from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+from twisted.logger import LogEvent, formatEvent
 
 from tests.unit.harness import result_of
 from tests.unit.test_gc import CACHE, HOUR, World, open_world, blob
@@ -25,15 +25,6 @@ INTERVAL = 600.0
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
     yield from open_world(tmp_path)
-
-
-@pytest.fixture
-def logged() -> Iterator[list[LogEvent]]:
-    """Every log event emitted during the test."""
-    events: list[LogEvent] = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
 
 
 def texts(events: list[LogEvent]) -> list[str]:

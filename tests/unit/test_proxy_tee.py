@@ -15,7 +15,7 @@ import attrs
 import pytest
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+from twisted.logger import LogEvent, formatEvent
 
 from tests.unit.harness import Trow, result_of
 from tests.unit.proxy_fakes import (
@@ -646,15 +646,6 @@ def test_a_bad_download_counts_as_failed_and_releases_its_clients(tee: Tee) -> N
 
 
 # -- error paths: a disk that refuses the blob, a resume answered wrongly, an abort ------------
-
-
-@pytest.fixture
-def logged() -> Iterator[list[LogEvent]]:
-    """Every log event emitted during the test."""
-    events: list[LogEvent] = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
 
 
 def disk_full(source: str, digest: Digest) -> None:

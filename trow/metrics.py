@@ -457,7 +457,10 @@ class Metrics:
         """The sum of every sample C{name} whose labels include C{labels} (e.g. a counter over
         all its routes)."""
         found = 0.0
-        for family in self.registry.collect():
+        # trow's own metrics only: collecting the whole registry would read /proc for the
+        # process metrics on every call (the status page asks every second).
+        own = [m for m in vars(self).values() if isinstance(m, (Counter, Gauge, Histogram))]
+        for family in (f for metric in own for f in metric.collect()):
             for sample in family.samples:
                 if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                     if not math.isnan(sample.value):
